@@ -1,0 +1,355 @@
+"""The reactor: one `selectors` selector, a timer heap and a ready queue.
+
+Why it has this shape
+---------------------
+The Cookbook's loop asks every handler `wants_to_receive()` / `wants_to_send()` on every turn
+and hands the lists to `select()`: O(all handlers) per event, and a hard ceiling at 1,024
+descriptors.  Here the selector keeps the interest, and the reactor keeps, on each handler, the
+mask it last gave the selector (`_r_mask`).  A handler's wants are re-read only
+
+  * right after the reactor dispatched an event to it (its own callback may have changed them),
+  * or when someone called `update(handler)` (a change made from outside its callbacks: a timer,
+    another connection writing to it, another thread through `call_soon_threadsafe`).
+
+The selector is touched only when the mask really changed, and a handler that wants nothing is
+unregistered (selectors refuses an empty mask).  A turn therefore costs O(ready + updated), not
+O(handlers): 10,000 idle connections cost nothing until they speak.
+
+One turn (`run_once`):
+  1. settle the handlers marked by `update()`;
+  2. select, with timeout 0 if callbacks are ready, else until the first timer;
+  3. dispatch: read before write, skip the write if the read closed the handler, then settle;
+     an exception goes to that handler's `handle_error`, never up (KeyboardInterrupt does);
+  4. run the timers that are due, then the callbacks that were queued before this step.
+
+No per-event objects are allocated (asyncio makes a Handle per callback and routes every I/O
+event through its ready queue); the handler is called straight from `SelectorKey.data`, and the
+hot names are bound to locals.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+from .handler import EventHandler
+from .timers import Timer, TimerHeap
+
+log = logging.getLogger(__name__)
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+MAX_SELECT_TIMEOUT = 24 * 3600.0
+
+
+class _Waker(EventHandler):
+    """The self-pipe: another thread or a signal handler writes a byte to wake select()."""
+
+    def __init__(self) -> None:
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._rsock.fileno()
+
+    def wants_to_receive(self) -> bool:
+        return True
+
+    def handle_receive(self) -> None:
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def wake(self) -> None:
+        try:
+            self._wsock.send(b"\0")
+        except OSError:     # full (a wake-up is already pending) or closed at shutdown
+            pass
+
+    def handle_close(self) -> None:
+        self._rsock.close()
+        self._wsock.close()
+
+
+class Reactor:
+    """Runs handlers, timers and callbacks on one thread until stop()."""
+
+    def __init__(self, selector: selectors.BaseSelector | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._clock = clock
+        self._handlers: set[EventHandler] = set()
+        self._dirty: set[EventHandler] = set()
+        self._timers = TimerHeap()
+        self._ready: collections.deque = collections.deque()
+        self._signals: dict[int, Any] = {}
+        self._running = self._stopping = self._closed = False
+        # statistics
+        self._turns = self._events = 0
+        self._accepts = self._accept_errors = 0
+        self._closed_bytes_in = self._closed_bytes_out = 0
+        self._slowest = (0.0, "")
+        self._waker = _Waker()
+        self.add(self._waker)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def add(self, handler: EventHandler) -> EventHandler:
+        """Take a handler in: its wants are read now and registered if it wants anything."""
+        if self._closed:
+            raise RuntimeError("reactor is closed")
+        if handler in self._handlers:
+            return handler
+        handler.reactor = self
+        handler._r_fd = handler.fileno()
+        handler._r_mask = 0
+        self._handlers.add(handler)
+        try:
+            handler.handle_added()
+            if handler._r_fd >= 0 and handler in self._handlers:
+                self._settle(handler)
+        except Exception as exc:
+            self._handler_error(handler, exc)
+        return handler
+
+    def remove(self, handler: EventHandler) -> None:
+        """Take a handler out (unregistered before anything closes its descriptor); then
+        handle_close() runs, once."""
+        if handler not in self._handlers:
+            return
+        self._handlers.discard(handler)
+        self._dirty.discard(handler)
+        if handler._r_mask:
+            try:
+                self._selector.unregister(handler._r_fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        handler._r_fd, handler._r_mask = -1, 0
+        self._closed_bytes_in += getattr(handler, "bytes_in", 0)
+        self._closed_bytes_out += getattr(handler, "bytes_out", 0)
+        try:
+            handler.handle_close()
+        except Exception:
+            log.exception("error in handle_close of %r", handler)
+        if handler.listener is not None:
+            handler.listener.connection_closed(handler)
+
+    def update(self, handler: EventHandler) -> None:
+        """Re-read the handler's wants before the next select (for changes made outside its
+        own callbacks)."""
+        if handler._r_fd >= 0:
+            self._dirty.add(handler)
+
+    def _settle(self, handler: EventHandler) -> None:
+        """Give the selector the handler's current interest, if it changed."""
+        new = (READ if handler.wants_to_receive() else 0) | (WRITE if handler.wants_to_send() else 0)
+        old = handler._r_mask
+        if new == old:
+            return
+        sel, fd = self._selector, handler._r_fd
+        if not old:
+            try:
+                sel.register(fd, new, handler)
+            except KeyError:
+                # The descriptor number is still held by a handler that closed its socket
+                # without leaving the reactor, and the kernel has handed the number out again.
+                stale = sel.get_key(fd).data
+                log.warning("descriptor %d reused: dropping stale handler %r", fd, stale)
+                self.remove(stale)
+                sel.register(fd, new, handler)
+        elif not new:
+            sel.unregister(fd)
+        else:
+            sel.modify(fd, new, handler)
+        handler._r_mask = new
+
+    def _handler_error(self, handler: EventHandler, exc: Exception) -> None:
+        try:
+            handler.handle_error(exc)
+        except Exception:
+            log.exception("error in handle_error of %r; removing it", handler)
+            self.remove(handler)
+        else:
+            if handler in self._handlers and handler._r_fd >= 0:
+                try:
+                    self._settle(handler)
+                except Exception:
+                    log.exception("cannot register %r after its error; removing it", handler)
+                    self.remove(handler)
+
+    @property
+    def handlers(self) -> frozenset[EventHandler]:
+        """The live handlers (without the reactor's own waker)."""
+        return frozenset(self._handlers - {self._waker})
+
+    # -- callbacks and timers ------------------------------------------------------------------
+
+    def time(self) -> float:
+        """The reactor's clock (time.monotonic unless a test clock was given)."""
+        return self._clock()
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run callback(*args) on this turn's callback step (or the next one)."""
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """call_soon from any thread (or a signal handler): queue, then wake the selector."""
+        self._ready.append((callback, args))      # deque.append is atomic
+        self._waker.wake()
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run callback(*args) after delay seconds; returns a cancellable Timer."""
+        return self._timers.push(self._clock() + max(0.0, delay), callback, args)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run callback(*args) when the reactor's clock reaches when."""
+        return self._timers.push(when, callback, args)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Run callback(*args) on the reactor thread when sig arrives (main thread only)."""
+        def on_signal(signum: int, frame: Any) -> None:
+            self.call_soon_threadsafe(callback, *args)
+        previous = signal.signal(sig, on_signal)
+        self._signals.setdefault(sig, previous)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Restore the signal's previous disposition; False if none was set here."""
+        if sig not in self._signals:
+            return False
+        signal.signal(sig, self._signals.pop(sig))
+        return True
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Turn until stop() is called."""
+        if self._running:
+            raise RuntimeError("reactor is already running")
+        self._running, self._stopping = True, False
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self._running = self._stopping = False
+
+    def stop(self) -> None:
+        """Make run() return after the current turn (from another thread: call_soon_threadsafe)."""
+        self._stopping = True
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One turn: settle, select (at most timeout seconds), dispatch, timers, callbacks."""
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for handler in dirty:
+                if handler._r_fd >= 0:
+                    try:
+                        self._settle(handler)
+                    except Exception as exc:
+                        self._handler_error(handler, exc)
+        ready, timers, clock = self._ready, self._timers, self._clock
+        if ready or self._stopping:
+            timeout = 0
+        else:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                wait = min(max(0.0, deadline - clock()), MAX_SELECT_TIMEOUT)
+                timeout = wait if timeout is None else min(timeout, wait)
+        events = self._selector.select(timeout)
+        self._turns += 1
+        if events:
+            self._dispatch(events)
+        if len(timers):
+            for timer in timers.pop_due(clock()):
+                self._run_callback(timer.callback, timer.args)
+        for _ in range(len(ready)):
+            callback, args = ready.popleft()
+            self._run_callback(callback, args)
+
+    def _dispatch(self, events: list) -> None:
+        self._events += len(events)
+        perf = time.perf_counter
+        slowest, slowest_h = self._slowest[0], None
+        t0 = perf()
+        for key, mask in events:
+            handler = key.data
+            if handler._r_fd < 0:           # removed earlier in this turn
+                continue
+            try:
+                if mask & READ:
+                    handler.handle_receive()
+                if mask & WRITE and handler._r_fd >= 0:
+                    handler.handle_send()
+                if handler._r_fd >= 0:
+                    new = ((READ if handler.wants_to_receive() else 0)
+                           | (WRITE if handler.wants_to_send() else 0))
+                    if new != handler._r_mask:
+                        self._settle(handler)
+            except Exception as exc:
+                self._handler_error(handler, exc)
+            t1 = perf()
+            if t1 - t0 > slowest:
+                slowest, slowest_h = t1 - t0, handler
+            t0 = t1
+        if slowest_h is not None:
+            self._slowest = (slowest, repr(slowest_h))
+
+    def _run_callback(self, callback: Callable[..., Any], args: tuple) -> None:
+        t0 = time.perf_counter()
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("error in callback %r", callback)
+        dt = time.perf_counter() - t0
+        if dt > self._slowest[0]:
+            self._slowest = (dt, getattr(callback, "__qualname__", repr(callback)))
+
+    # -- teardown and statistics ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove every handler (each gets handle_close), drop timers, close the selector."""
+        if self._closed:
+            return
+        if self._running:
+            raise RuntimeError("cannot close a running reactor")
+        for handler in list(self._handlers):
+            if handler is not self._waker:
+                self.remove(handler)
+        self.remove(self._waker)
+        for sig in list(self._signals):
+            self.remove_signal_handler(sig)
+        self._timers.clear()
+        self._ready.clear()
+        self._selector.close()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring; the slowest callback is that of the interval since the last
+        stats() call, and is reset by this call."""
+        live = [h for h in self._handlers if h is not self._waker]
+        slowest, self._slowest = self._slowest, (0.0, "")
+        return {
+            "turns": self._turns,
+            "events": self._events,
+            "handlers": len(live),
+            "registered": len(self._selector.get_map()) - 1,
+            "bytes_in": self._closed_bytes_in + sum(getattr(h, "bytes_in", 0) for h in live),
+            "bytes_out": self._closed_bytes_out + sum(getattr(h, "bytes_out", 0) for h in live),
+            "accepts": self._accepts,
+            "accept_errors": self._accept_errors,
+            "timers": len(self._timers),
+            "ready": len(self._ready),
+            "slowest_callback_s": slowest[0],
+            "slowest_callback": slowest[1],
+        }

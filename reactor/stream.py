@@ -1,0 +1,363 @@
+"""StreamHandler: a connected stream socket (TCP or Unix), the recipe's `TCPClient` grown up.
+
+Writes
+    `write()` sends at once when nothing is queued (the common case costs one send() and no
+    selector call) and queues only what the kernel would not take.  The queue is a deque of
+    chunks with a byte count: `bytes` are queued as zero-copy memoryview slices, mutable
+    buffers are copied once (the caller may reuse them).  A partial send advances the first
+    chunk by re-slicing its memoryview, never by shifting a big buffer, and several queued
+    chunks leave in one `sendmsg()` (writev).  So a 256 MiB write moves in O(n), not O(n^2).
+
+Flow control
+    Past `high_water` queued bytes, `pause_writing()` is called; back under `low_water`,
+    `resume_writing()`.  By default they pause and resume *reading* this connection: a peer
+    that does not read what it asked for is not read from either, so memory stays bounded.
+
+Closing
+    Every way out ends in one place, `handle_close()`, which the reactor calls once: it closes
+    the socket and calls `connection_lost(exc)` once.  `close()` stops reading, flushes the
+    queue (bounded by `close_timeout`), then, if the peer has not finished sending, half-closes
+    and drains its input for up to `linger_timeout` so that the peer reads our last bytes
+    instead of a reset (a close with unread input makes the kernel send RST).  `abort()` drops
+    the queue and resets at once.  EOF from the peer turns reading off for good: a half-closed
+    socket stays readable forever, and polling it would spin (waitress CVE-2024-49769).
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+import struct
+from typing import Any
+
+from .handler import EventHandler
+from .timers import Timer
+
+log = logging.getLogger(__name__)
+
+_DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED,
+                           errno.EPIPE, errno.EBADF, errno.ETIMEDOUT})
+_IOV_MAX = 64                       # chunks per sendmsg(); the kernel limit is 1024
+
+
+class StreamHandler(EventHandler):
+    """A connected stream socket with asyncio's callback vocabulary."""
+
+    max_read: int = 256 * 1024
+    high_water: int = 64 * 1024
+    low_water: int = 16 * 1024
+    idle_timeout: float | None = None
+    close_timeout: float = 30.0
+    linger_timeout: float = 2.0
+
+    def __init__(self, sock: socket.socket, address: Any = None) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:             # the peer may already be gone; the first read says so
+                pass
+        self.sock = sock
+        self.address = address
+        self._fd = sock.fileno()
+        self._queue: collections.deque = collections.deque()
+        self._queued = 0
+        self.bytes_in = self.bytes_out = 0
+        self._reading = True          # the application wants data
+        self._eof = False             # the peer finished sending
+        self._closing = False         # close() called: flush, then go
+        self._lingering = False       # flushed and half-closed: discarding the peer's input
+        self._eof_after_flush = False # write_eof() called with data queued
+        self._write_shut = False
+        self._write_paused = False
+        self._done = False            # handle_close ran
+        self._exc: BaseException | None = None
+        self._timers: list[Timer] = []    # close and linger deadlines (at most two)
+        self._idle_timer: Timer | None = None
+        self._last_activity = 0.0
+
+    # -- the reactor's side --------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def wants_to_receive(self) -> bool:
+        return self._reading
+
+    def wants_to_send(self) -> bool:
+        return bool(self._queue)
+
+    def handle_added(self) -> None:
+        if self.idle_timeout is not None:
+            self._last_activity = self.reactor.time()
+            self._idle_timer = self.reactor.call_later(self.idle_timeout, self._check_idle)
+        self.connection_made()
+
+    def handle_receive(self) -> None:
+        try:
+            data = self.sock.recv(self.max_read)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if self._lingering:
+            if not data:
+                self.reactor.remove(self)
+            return
+        if data:
+            self.bytes_in += len(data)
+            if self.idle_timeout is not None:
+                self._last_activity = self.reactor.time()
+            self.data_received(data)
+            return
+        self._eof, self._reading = True, False
+        if not self.eof_received() and not self._closing:
+            self.close()
+        elif self._write_shut and not self._queue:
+            self.reactor.remove(self)
+
+    def handle_send(self) -> None:
+        queue = self._queue
+        try:
+            if len(queue) == 1:
+                sent = self.sock.send(queue[0])
+            else:
+                sent = self.sock.sendmsg([queue[i] for i in range(min(len(queue), _IOV_MAX))])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self.bytes_out += sent
+        self._queued -= sent
+        if self.idle_timeout is not None:
+            self._last_activity = self.reactor.time()
+        while sent:
+            head = queue[0]
+            if sent >= len(head):
+                sent -= len(head)
+                queue.popleft()
+            else:
+                queue[0] = head[sent:]
+                break
+        if self._write_paused and self._queued <= self.low_water:
+            self._write_paused = False
+            self.resume_writing()
+        if not queue:
+            self._flushed()
+
+    def handle_close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._queue.clear()
+        self._queued = 0
+        self._reading = False
+        try:
+            self.sock.close()
+        finally:
+            self.connection_lost(self._exc)
+
+    def handle_error(self, exc: BaseException) -> None:
+        log.error("unhandled error in %r, closing it", self, exc_info=exc)
+        self._exc = exc
+        self.abort()
+
+    # -- the application's side ----------------------------------------------------------------
+
+    def connection_made(self) -> None:
+        """The handler is in the reactor and may write."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived."""
+
+    def eof_received(self) -> bool | None:
+        """The peer will send nothing more; return True to keep our side open for writing."""
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Called once at the end: exc is None for an orderly close, else what ended it."""
+
+    def pause_writing(self) -> None:
+        """The queue passed high_water: by default stop reading this peer."""
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The queue fell to low_water: by default read this peer again."""
+        self.resume_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send data, now if the kernel takes it, else queued in order."""
+        if self._closing or self._done:
+            return
+        if self._write_shut or self._eof_after_flush:
+            raise RuntimeError("write() after write_eof()")
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if not size:
+            return
+        if not self._queue:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            self.bytes_out += sent
+            if sent == size:
+                return
+            data = memoryview(data).cast("B")[sent:]
+            if self.reactor is not None:
+                self.reactor.update(self)
+        else:
+            data = memoryview(data).cast("B")
+        if not isinstance(data.obj, bytes):
+            data = memoryview(bytes(data))      # the caller may reuse a mutable buffer
+        self._queue.append(data)
+        self._queued += len(data)
+        if not self._write_paused and self._queued > self.high_water:
+            self._write_paused = True
+            self.pause_writing()
+
+    def writelines(self, chunks) -> None:
+        """write() each chunk in order."""
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        """Half-close: send FIN after what is queued; we can still receive."""
+        if self._write_shut or self._eof_after_flush or self._done:
+            return
+        if self._queue:
+            self._eof_after_flush = True
+        else:
+            self._shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        """Stop reading: the kernel window fills and the peer is slowed down."""
+        if self._reading:
+            self._reading = False
+            if self.reactor is not None:
+                self.reactor.update(self)
+
+    def resume_reading(self) -> None:
+        """Read again (unless the peer finished or we are closing)."""
+        if not self._reading and not (self._eof or self._closing or self._done):
+            self._reading = True
+            if self.reactor is not None:
+                self.reactor.update(self)
+
+    @property
+    def is_reading(self) -> bool:
+        return self._reading
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued but not yet taken by the kernel."""
+        return self._queued
+
+    @property
+    def closing(self) -> bool:
+        return self._closing or self._done
+
+    def close(self) -> None:
+        """Flush what is queued (within close_timeout), then close. Idempotent."""
+        if self._closing or self._done:
+            return
+        self._closing = True
+        self._reading = False
+        if self.reactor is None:
+            self.handle_close()
+            return
+        self.reactor.update(self)
+        if self._queue:
+            self._timers.append(self.reactor.call_later(self.close_timeout, self.abort))
+        else:
+            self._flushed()
+
+    def abort(self) -> None:
+        """Drop what is queued and reset the connection now. Idempotent."""
+        if self._done:
+            return
+        self._queue.clear()
+        self._queued = 0
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self._leave()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _leave(self) -> None:
+        if self.reactor is not None and self._r_fd >= 0:
+            self.reactor.remove(self)
+        else:
+            self.handle_close()
+
+    def _lost(self, exc: OSError) -> None:
+        if getattr(exc, "errno", None) in _DISCONNECTED:
+            log.debug("%r: connection lost: %s", self, exc)
+        else:
+            log.warning("%r: socket error: %s", self, exc)
+        self._exc = exc
+        self._queue.clear()
+        self._queued = 0
+        self._leave()
+
+    def _flushed(self) -> None:
+        if self._eof_after_flush:
+            self._eof_after_flush = False
+            self._shutdown_write()
+        if not self._closing or self._done:
+            return
+        if self._eof or self._write_shut or self._lingering:
+            self._leave()
+            return
+        # Lingering close: FIN now, read and discard until the peer's FIN (or the deadline).
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._leave()
+            return
+        self._write_shut = self._lingering = self._reading = True
+        self.reactor.update(self)
+        self._timers.append(self.reactor.call_later(self.linger_timeout, self._leave))
+
+    def _shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self._write_shut = True
+        if self._eof:
+            self._leave()
+
+    def _check_idle(self) -> None:
+        if self._done:
+            return
+        idle_for = self.reactor.time() - self._last_activity
+        if idle_for >= self.idle_timeout:
+            log.debug("%r: idle for %.1f s, closing", self, idle_for)
+            self.idle_timed_out()
+        else:
+            self._idle_timer = self.reactor.call_later(self.idle_timeout - idle_for, self._check_idle)
+
+    def idle_timed_out(self) -> None:
+        """Nothing moved for idle_timeout seconds: by default close (flushing)."""
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd} peer={self.address!r}>"
