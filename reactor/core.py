@@ -101,7 +101,9 @@ class Reactor:
     # -- handlers ------------------------------------------------------------------------------
 
     def add(self, handler: EventHandler) -> EventHandler:
-        """Take a handler in: its wants are read now and registered if it wants anything."""
+        """Take a handler in: its wants are read now and registered if it wants anything.
+
+        Any object with the recipe's five methods will do; EventHandler adds the close path."""
         if self._closed:
             raise RuntimeError("reactor is closed")
         if handler in self._handlers:
@@ -111,12 +113,18 @@ class Reactor:
         handler._r_mask = 0
         self._handlers.add(handler)
         try:
-            handler.handle_added()
+            added = getattr(handler, "handle_added", None)
+            if added is not None:
+                added()
             if handler._r_fd >= 0 and handler in self._handlers:
                 self._settle(handler)
         except Exception as exc:
             self._handler_error(handler, exc)
         return handler
+
+    # Recipe 11.12 keeps its handlers in a list and calls handler_list.append(h) and
+    # handler_list.remove(h); pass the reactor as that list and the recipe runs unchanged.
+    append = add
 
     def remove(self, handler: EventHandler) -> None:
         """Take a handler out (unregistered before anything closes its descriptor); then
@@ -134,16 +142,19 @@ class Reactor:
         self._closed_bytes_in += getattr(handler, "bytes_in", 0)
         self._closed_bytes_out += getattr(handler, "bytes_out", 0)
         try:
-            handler.handle_close()
+            close = getattr(handler, "handle_close", None)
+            if close is not None:
+                close()
         except Exception:
             log.exception("error in handle_close of %r", handler)
-        if handler.listener is not None:
-            handler.listener.connection_closed(handler)
+        listener = getattr(handler, "listener", None)
+        if listener is not None:
+            listener.connection_closed(handler)
 
     def update(self, handler: EventHandler) -> None:
         """Re-read the handler's wants before the next select (for changes made outside its
         own callbacks)."""
-        if handler._r_fd >= 0:
+        if getattr(handler, "_r_fd", -1) >= 0 and handler in self._handlers:
             self._dirty.add(handler)
 
     def _settle(self, handler: EventHandler) -> None:
@@ -171,7 +182,12 @@ class Reactor:
 
     def _handler_error(self, handler: EventHandler, exc: Exception) -> None:
         try:
-            handler.handle_error(exc)
+            on_error = getattr(handler, "handle_error", None)
+            if on_error is None:
+                log.error("unhandled error in %r, removing it", handler, exc_info=exc)
+                self.remove(handler)
+                return
+            on_error(exc)
         except Exception:
             log.exception("error in handle_error of %r; removing it", handler)
             self.remove(handler)

@@ -1,0 +1,53 @@
+"""TCP echo (recipes 11.2 and 11.12): every byte back, or line by line with --lines.
+
+    python -m apps.echo --port 20000 [--lines] [--max-connections N] [--allow CIDR] [--deny CIDR]
+"""
+from __future__ import annotations
+
+import sys
+
+from protocols.handlers import LineHandler
+from reactor import Reactor, StreamHandler, listen_tcp
+
+from . import _cli
+
+DEFAULT_PORT = 20000
+
+
+class EchoHandler(StreamHandler):
+    """Echo what arrives; a peer that does not read is not read from (water marks)."""
+
+    def data_received(self, data: bytes) -> None:
+        self.write(data)
+
+
+class LineEchoHandler(LineHandler):
+    """Echo line by line, as the recipe's StreamRequestHandler does (`for line in rfile`)."""
+
+    keepends = True
+
+    def line_received(self, line: bytes) -> None:
+        self.write(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _cli.parser("TCP echo server (Cookbook 11.2, 11.12)", DEFAULT_PORT)
+    p.add_argument("--lines", action="store_true", help="echo line by line")
+    p.add_argument("--max-line", type=int, default=LineHandler.max_line,
+                   help="longest line accepted with --lines; longer closes the connection")
+    _cli.add_cidr_flags(p)
+    args = p.parse_args(argv)
+    _cli.setup_logging(args.log_level)
+    if args.lines:
+        factory = type("LineEcho", (LineEchoHandler,), {"max_line": args.max_line})
+    else:
+        factory = EchoHandler
+    reactor = Reactor()
+    listener = listen_tcp(reactor, args.host, args.port, factory,
+                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
+    _cli.announce("tcp", listener.address, "echo")
+    return _cli.serve(reactor, [listener], args.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
