@@ -82,10 +82,10 @@ class Connector(EventHandler):
             self.on_connect(handler)
 
     def _failed(self, exc: BaseException) -> None:
-        self._pending = False
-        self.sock.close()
         if self.reactor is not None:
-            self.reactor.remove(self)
+            self.reactor.remove(self)       # unregisters, then handle_close closes the socket
+        else:
+            self.handle_close()
         self._report_error(exc)
 
     def _report_error(self, exc: BaseException) -> None:
@@ -96,13 +96,13 @@ class Connector(EventHandler):
             log.warning("connect to %s failed: %s", self.address, exc)
 
     def _timed_out(self) -> None:
+        self._timer = None
         if self._pending:
             self._failed(TimeoutError(f"connect to {self.address} timed out after {self.timeout} s"))
 
     def cancel(self) -> None:
         """Give up the attempt (no callback is called)."""
         if self._pending:
-            self._pending = False
             self.on_error = lambda exc: None
             self._failed(ConnectionAbortedError("connect cancelled"))
 

@@ -119,6 +119,7 @@ class Listener(EventHandler):
                     return
                 raise
             reactor._accepts += 1
+            conn.setblocking(False)
             if (self.allow or self.deny) and not peer_allowed(
                     addr[0] if isinstance(addr, tuple) else "", self.allow, self.deny):
                 self.refused += 1
