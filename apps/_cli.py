@@ -60,8 +60,13 @@ def announce(scheme: str, address: Any, service: str) -> None:
     print(f"listening {endpoint_url(scheme, address)} {service}", flush=True)
 
 
-def serve(reactor: Reactor, endpoints: Iterable[Any], grace: float = 3.0) -> int:
-    """Run until SIGINT/SIGTERM, then stop gracefully; returns the exit status (0)."""
+def serve(reactor: Reactor, endpoints: Iterable[Any], grace: float = 3.0,
+          announcements: Iterable[tuple[str, Any, str]] = ()) -> int:
+    """Announce (scheme, address, service) endpoints and run until SIGINT/SIGTERM, then stop
+    gracefully; returns the exit status (0).
+
+    The stop handlers are installed before the first `listening` line: a supervisor may signal
+    the moment it reads that line, and must find the graceful path already in place."""
     endpoints = list(endpoints)
     stopping = []
 
@@ -88,6 +93,8 @@ def serve(reactor: Reactor, endpoints: Iterable[Any], grace: float = 3.0) -> int
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         reactor.add_signal_handler(sig, shutdown, signal.Signals(sig).name)
+    for scheme, address, service in announcements:
+        announce(scheme, address, service)
     try:
         reactor.run()
     finally:

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     reactor = Reactor()
     listener = listen_tcp(reactor, args.host, args.port, factory,
                           max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    _cli.announce("tcp", listener.address, "echo")
-    return _cli.serve(reactor, [listener], args.grace)
+    return _cli.serve(reactor, [listener], args.grace, [("tcp", listener.address, "echo")])
 
 
 if __name__ == "__main__":

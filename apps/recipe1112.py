@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     tcp_server = TCPServer((args.host, ports[2]), TCPEchoClient, reactor)
     for handler in (time_server, echo_server, tcp_server):
         reactor.add(handler)
-    _cli.announce("udp", time_server.sock.getsockname(), "time")
-    _cli.announce("udp", echo_server.sock.getsockname(), "echo")
-    _cli.announce("tcp", tcp_server.sock.getsockname(), "echo")
-    return _cli.serve(reactor, [], args.grace)
+    return _cli.serve(reactor, [], args.grace, [
+        ("udp", time_server.sock.getsockname(), "time"),
+        ("udp", echo_server.sock.getsockname(), "echo"),
+        ("tcp", tcp_server.sock.getsockname(), "echo")])
 
 
 if __name__ == "__main__":

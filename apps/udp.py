@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     reactor = Reactor()
     time_server = bind_udp(reactor, args.host, args.port, UDPTimeServer)
     echo_server = bind_udp(reactor, args.host, echo_port, UDPEchoServer)
-    _cli.announce("udp", time_server.address, "time")
-    _cli.announce("udp", echo_server.address, "echo")
-    return _cli.serve(reactor, [time_server, echo_server], args.grace)
+    return _cli.serve(reactor, [time_server, echo_server], args.grace,
+                      [("udp", time_server.address, "time"), ("udp", echo_server.address, "echo")])
 
 
 if __name__ == "__main__":
