@@ -263,6 +263,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="seconds in each measured window")
     parser.add_argument("--warmup", type=float, help="seconds of load before each window")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="times to redo a round that other processes disturbed (default 2)")
     parser.add_argument("--client", choices=["auto", "c", "python"], default="auto",
                         help="load client: C if it compiles (auto), or always C / Python")
     parser.add_argument("--ours-cmd", metavar="CMD",
@@ -279,8 +281,8 @@ def timing(args: argparse.Namespace, rounds: tuple[int, int], duration: tuple[fl
     chosen = (args.rounds or rounds[pick],
               args.duration or duration[pick],
               warmup[pick] if args.warmup is None else args.warmup)
-    if chosen[0] < 1 or chosen[1] <= 0 or chosen[2] < 0:
-        raise SystemExit("--rounds must be >= 1, --duration > 0, --warmup >= 0")
+    if chosen[0] < 1 or chosen[1] <= 0 or chosen[2] < 0 or args.retries < 0:
+        raise SystemExit("--rounds must be >= 1, --duration > 0, --warmup >= 0, --retries >= 0")
     return chosen
 
 
@@ -300,3 +302,15 @@ def echo_servers(args: argparse.Namespace, cpu: int | None, nofile: int) -> list
 def fmt(value: float | None, spec: str = ",.0f") -> str:
     """A number for a table cell, '-' when unknown."""
     return "-" if value is None else format(value, spec)
+
+
+
+def run_delay(pid: int | str = "self") -> float | None:
+    """Seconds pid has spent runnable but waiting for a CPU (/proc/PID/schedstat), or None."""
+    # The cleanest sign that another process shared a pinned CPU: a ping-pong server or client
+    # that wakes on an idle CPU waits ~0.3% of the time; one that shares it waits 20-50%.
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None

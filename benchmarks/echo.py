@@ -1,12 +1,13 @@
 # TCP echo, ping-pong: this reactor's `apps.echo` against asyncio's Protocol echo, same run, same
 # client, same cores.
 #
-# Both servers are started once and stay up for the whole run; every case then runs rounds
-# alternately (ours, asyncio, ours, asyncio, ...), each round on fresh connections, so drift in
-# the machine (frequency, caches, other load) falls on both sides alike. The medians are
+# Both servers are started once, primed (a new process runs its first ~0.2 s of load several
+# times slower) and stay up for the whole run; every case then runs rounds alternately (ours,
+# asyncio, ours, asyncio, ...), each on fresh connections, so drift in the machine falls on both
+# sides alike, and a turn in which another process held a pinned CPU is redone. The medians are
 # reported: round trips/s, payload MiB/s (one way), ours/asyncio, and the server's own CPU time
-# per round trip, which stays meaningful when the client, not the server, is the limit (on
-# 2 cores above ~150k round trips/s it is; "busy" shows who ran out of CPU).
+# per round trip, which stays meaningful when the client, not the server, is the limit; "busy"
+# shows who ran out of CPU (one connection is latency-bound and leaves both cores half idle).
 """Benchmark TCP echo ping-pong: ours vs asyncio over message sizes and connection counts."""
 import argparse
 import contextlib
@@ -37,21 +38,20 @@ def case_label(size: int, conns: int) -> str:
 
 
 def summarize(rounds: list[_load.RoundResult], size: int) -> dict:
-    """Medians of one server's rounds in one case."""
-    rate = median([r.rate for r in rounds])
+    """Medians of one server's undisturbed rounds in one case (all rounds if none is)."""
+    kept = _load.usable(rounds)
+    rate = median([r.rate for r in kept])
     return {"rt_per_s": rate,
             "mib_per_s": None if rate is None else rate * size / 2**20,
-            "cpu_us_per_rt": median([r.cpu_us_per_rt for r in rounds]),
+            "cpu_us_per_rt": median([r.cpu_us_per_rt for r in kept]),
             "server_busy": median([None if r.server_cpu is None else r.server_cpu / r.elapsed
-                                   for r in rounds]),
-            "client_busy": median([r.client_busy for r in rounds]),
-            "rounds": [{"round_trips": r.round_trips, "elapsed": round(r.elapsed, 6),
-                        "server_cpu": r.server_cpu} for r in rounds]}
+                                   for r in kept]),
+            "client_busy": median([r.client_busy for r in kept]),
+            "rounds": [_load.round_record(r) for r in rounds]}
 
 
-def busy(summary: dict) -> str:
-    """'98%' of a server's core used in the window, or '-'."""
-    value = summary["server_busy"]
+def percent(value: float | None) -> str:
+    """'98%' for 0.98, '-' when unknown."""
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         for server in servers:
             stack.enter_context(server)
+        _load.prime(client, servers)
         if not args.json:
             print(f"echo ping-pong over 127.0.0.1; {pinning}; client: {client.name}")
             for server in servers:
@@ -94,32 +95,48 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'ours/asyncio':>12} {'ours us/rt':>10} {'asyncio us/rt':>13} "
                   f"{'busy ours/asyncio/client':>25}")
             sys.stdout.flush()
+        worst_others = 0.0
         for size, conns in cases:
-            results: dict[str, list[_load.RoundResult]] = {s.name: [] for s in servers}
-            for r in range(rounds):
-                for server in servers:
-                    result = client.run(server.host, server.port, conns, size, warmup, duration,
-                                        server.pid)
-                    results[server.name].append(result)
-                    log.debug("%s %s round %d: %.0f rt/s, %s us/rt", case_id(size, conns),
-                              server.name, r + 1, result.rate, fmt(result.cpu_us_per_rt, ".1f"))
+            results = _load.alternate(
+                servers, rounds, args.retries, case_id(size, conns),
+                lambda server: _load.run_round(client, server, conns, size, warmup, duration))
             ours, peer = (summarize(results[s.name], size) for s in servers)
             ratio = (ours["rt_per_s"] / peer["rt_per_s"]) if peer["rt_per_s"] else None
-            client_busy = median([r.client_busy for rs in results.values() for r in rs])
+            client_busy = median([r.client_busy for rs in results.values() for r in _load.usable(rs)])
+            others = max((r.other_load for rs in results.values() for r in rs
+                          if r.other_load is not None), default=None)
+            all_rounds = [r for rs in results.values() for r in rs]
+            disturbed = sum(1 for r in all_rounds if r.disturbed)
+            worst_others = max(worst_others, others or 0.0)
             if args.json:
                 print(json.dumps({"benchmark": "echo", "case": case_id(size, conns), "size": size,
                                   "conns": conns, "client": client.name, "pinning": pinning,
-                                  "ratio": ratio, "client_busy": client_busy,
+                                  "ratio": ratio, "client_busy": client_busy, "other_load_max": others,
+                                  "disturbed_rounds": disturbed,
                                   "ours": ours, "asyncio": peer}), flush=True)
                 continue
             print(f"{case_label(size, conns):<16} {fmt(ours['rt_per_s']):>11} "
                   f"{fmt(ours['mib_per_s'], ',.1f'):>8} {fmt(peer['rt_per_s']):>13} "
                   f"{fmt(peer['mib_per_s'], ',.1f'):>8} {fmt(ratio, '.2f'):>12} "
                   f"{fmt(ours['cpu_us_per_rt'], '.1f'):>10} {fmt(peer['cpu_us_per_rt'], '.1f'):>13} "
-                  f"{busy(ours) + '/' + busy(peer) + '/' + fmt(None if client_busy is None else client_busy * 100, '.0f') + '%':>25}",
-                  flush=True)
+                  f"{'/'.join(map(percent, (ours['server_busy'], peer['server_busy'], client_busy))):>25}"
+                  f"{f' !{disturbed}/{len(all_rounds)}' if disturbed else ''}", flush=True)
+        if not args.json and worst_others > _load.DISTURBED:
+            print(f"  !N/M: in N of that row's M rounds (after up to {args.retries} retries) server or "
+                  f"client waited over {_load.DISTURBED:.0%} of the round (at worst {worst_others:.0%}) "
+                  "for a CPU other processes held; medians leave those rounds out unless all of a "
+                  "server's rounds were disturbed")
     return 0
 
 
+def cli() -> int:
+    """Entry point: run main, turning a failed server or a wrong echo into exit status 1."""
+    try:
+        return main()
+    except (_load.EchoError, RuntimeError, OSError) as exc:
+        log.error("benchmark failed: %s", exc)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -10,7 +10,9 @@
  * After WARMUP_S it counts round trips for DURATION_S (or until MAX_ROUND_TRIPS), then stops
  * sending and waits for the echoes in flight. SERVER_PID > 0: the server's utime+stime from
  * /proc/PID/stat is read at the start and end of the measured window.
- * Prints one JSON line: {"round_trips": N, "elapsed": S, "cpu_ticks": T}   (T = -1 without /proc)
+ * Prints one JSON line: {"round_trips": N, "elapsed": S, "cpu_ticks": T, "run_delay_ns": D}
+ * where T is the server's CPU ticks in the window and D the time this process spent runnable but
+ * waiting for its CPU over its whole life (both -1 without /proc).
  * Exit status: 0 ok, 2 usage or system error, 3 wrong echo or server closed, 4 timeout.
  */
 #define _GNU_SOURCE
@@ -78,6 +80,17 @@ static long long cpu_ticks(int pid)
     if (sscanf(p, "%llu %llu", &ut, &st) != 2)
         return -1;
     return (long long)(ut + st);
+}
+
+static long long run_delay_ns(void)
+{
+    unsigned long long run, delay;
+    FILE *f = fopen("/proc/self/schedstat", "r");
+    if (!f)
+        return -1;
+    int n = fscanf(f, "%llu %llu", &run, &delay);
+    fclose(f);
+    return n == 2 ? (long long)delay : -1;
 }
 
 /* Send what remains of the current message; ask for EPOLLOUT only while some is left. */
@@ -244,7 +257,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < conns; i++)
         close(cs[i].fd);
-    printf("{\"round_trips\": %lld, \"elapsed\": %.9f, \"cpu_ticks\": %lld}\n", measured, t1 - t0,
-           (ticks0 < 0 || ticks1 < 0) ? -1 : ticks1 - ticks0);
+    printf("{\"round_trips\": %lld, \"elapsed\": %.9f, \"cpu_ticks\": %lld, \"run_delay_ns\": %lld}\n",
+           measured, t1 - t0, (ticks0 < 0 || ticks1 < 0) ? -1 : ticks1 - ticks0, run_delay_ns());
     return 0;
 }

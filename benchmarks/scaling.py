@@ -41,8 +41,8 @@ def settle(server: _harness.Server, timeout: float = SETTLE_TIMEOUT) -> int | No
 
 
 def idle_round(client, server: _harness.Server, idle: int, warmup: float,
-               duration: float) -> tuple[_load.RoundResult, int]:
-    """Hold idle connections open to server, run one active round; return it and the idle held."""
+               duration: float) -> _load.RoundResult:
+    """Hold idle connections open to server and run one active round beside them."""
     base = settle(server)
     started = time.monotonic()
     socks = _load.open_idle(server.host, server.port, idle)
@@ -56,12 +56,13 @@ def idle_round(client, server: _harness.Server, idle: int, warmup: float,
                 held = count - base
             log.debug("%s: %d idle connections open and accepted in %.2f s", server.name, held,
                       time.monotonic() - started)
-        result = client.run(server.host, server.port, ACTIVE, SIZE, warmup, duration, server.pid)
+        result = _load.run_round(client, server, ACTIVE, SIZE, warmup, duration)
     finally:
         _load.close_idle(socks)
         if base is not None and server.wait_fds(lambda c: c <= base, SETTLE_TIMEOUT) > base:
             log.warning("%s still holds more descriptors than before the round", server.name)
-    return result, held
+    result.idle_held = held
+    return result
 
 
 def relative(value: float | None, base: float | None) -> str:
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         for server in servers:
             stack.enter_context(server)
+        _load.prime(client, servers)
         limits = [nofile] + [_harness.nofile_limit(s.pid) or needed for s in servers]
         most = max(0, min(limits) - ACTIVE - FD_MARGIN)
         notes = []
@@ -122,44 +124,63 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'asyncio us/rt':>13}")
             sys.stdout.flush()
         zero: dict[str, float | None] = {}
+        any_short, worst_others = False, 0.0
         for idle in wanted:
-            results: dict[str, list[_load.RoundResult]] = {s.name: [] for s in servers}
-            held: dict[str, list[int]] = {s.name: [] for s in servers}
-            for r in range(rounds):
-                for server in servers:
-                    result, n = idle_round(client, server, idle, warmup, duration)
-                    results[server.name].append(result)
-                    held[server.name].append(n)
-                    log.debug("idle %d %s round %d: %.0f rt/s with %d idle held", idle,
-                              server.name, r + 1, result.rate, n)
-            rate = {name: median([x.rate for x in rs]) for name, rs in results.items()}
-            cpu = {name: median([x.cpu_us_per_rt for x in rs]) for name, rs in results.items()}
+            results = _load.alternate(
+                servers, rounds, args.retries, f"idle {idle}",
+                lambda server: idle_round(client, server, idle, warmup, duration))
+            held = {name: [x.idle_held for x in rs] for name, rs in results.items()}
+            kept = {name: _load.usable(rs) for name, rs in results.items()}
+            rate = {name: median([x.rate for x in rs]) for name, rs in kept.items()}
+            cpu = {name: median([x.cpu_us_per_rt for x in rs]) for name, rs in kept.items()}
             if idle == wanted[0]:
                 zero = dict(rate)
             ratio = rate["ours"] / rate["asyncio"] if rate["asyncio"] else None
             short = {name: min(h) for name, h in held.items() if min(h) < idle}
             for name, n in short.items():
                 log.warning("%s: only %d of %d idle connections were held in some round", name, n, idle)
+            any_short = any_short or bool(short)
+            others = max((x.other_load for rs in results.values() for x in rs
+                          if x.other_load is not None), default=None)
+            all_rounds = [x for rs in results.values() for x in rs]
+            disturbed = sum(1 for x in all_rounds if x.disturbed)
+            worst_others = max(worst_others, others or 0.0)
             if args.json:
                 print(json.dumps({"benchmark": "scaling", "idle": idle, "active": ACTIVE, "size": SIZE,
                                   "client": client.name, "pinning": pinning, "ratio": ratio,
+                                  "other_load_max": others, "disturbed_rounds": disturbed,
                                   **{name: {"rt_per_s": rate[name], "cpu_us_per_rt": cpu[name],
-                                            "vs_0_idle": (rate[name] / zero[name]) if zero.get(name) else None,
+                                            "vs_0_idle": rate[name] / zero[name] if zero.get(name) else None,
                                             "idle_held": held[name],
-                                            "rounds": [{"round_trips": x.round_trips,
-                                                        "elapsed": round(x.elapsed, 6),
-                                                        "server_cpu": x.server_cpu} for x in rs]}
+                                            "rounds": [_load.round_record(x) for x in rs]}
                                      for name, rs in results.items()}}), flush=True)
                 continue
             label = f"{idle:,}" + ("*" if short else "")
             print(f"{label:>7} {fmt(rate['ours']):>11} {fmt(rate['asyncio']):>13} "
                   f"{fmt(ratio, '.2f'):>12} {relative(rate['ours'], zero.get('ours')):>15} "
                   f"{relative(rate['asyncio'], zero.get('asyncio')):>18} "
-                  f"{fmt(cpu['ours'], '.1f'):>10} {fmt(cpu['asyncio'], '.1f'):>13}", flush=True)
+                  f"{fmt(cpu['ours'], '.1f'):>10} {fmt(cpu['asyncio'], '.1f'):>13}"
+                  f"{f' !{disturbed}/{len(all_rounds)}' if disturbed else ''}", flush=True)
+        if not args.json and worst_others > _load.DISTURBED:
+            print(f"  !N/M: in N of that row's M rounds (after up to {args.retries} retries) server or "
+                  f"client waited over {_load.DISTURBED:.0%} of the round (at worst {worst_others:.0%}) "
+                  "for a CPU other processes held; medians leave those rounds out unless all of a "
+                  "server's rounds were disturbed")
+        if not args.json and any_short:
+            print("  * fewer idle connections than asked were open or accepted in some round (see log)")
         if not args.json and wanted[0] != 0:
             print("  NOTE: no 0-idle count was run; 'vs 0-idle' is against the smallest count")
     return 0
 
 
+def cli() -> int:
+    """Entry point: run main, turning a failed server or a wrong echo into exit status 1."""
+    try:
+        return main()
+    except (_load.EchoError, RuntimeError, OSError) as exc:
+        log.error("benchmark failed: %s", exc)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -31,6 +31,10 @@ class EventHandler:
     # EventHandler.__init__ still work.
     _r_fd: int = -1
     _r_mask: int = 0
+    # True if the handler calls reactor.update(self) itself whenever its wants change, from its
+    # callbacks too; the reactor then skips re-reading them after each callback (two calls per
+    # event saved on the hot path).  StreamHandler does; recipe-style handlers do not need to.
+    reports_wants_changes: bool = False
 
     def fileno(self) -> int:
         """The descriptor to watch."""

@@ -36,6 +36,7 @@ class CountingSelector(selectors.DefaultSelector):
 
 class Echo(StreamHandler):
     asked = 0
+    reports_wants_changes = False          # make the reactor re-read wants after each event
 
     def data_received(self, data):
         self.write(data)
@@ -69,6 +70,25 @@ def test_idle_handlers_are_never_asked_and_selector_untouched():
         reactor.close()
         for a, b in pairs:
             b.close()
+
+
+def test_self_reporting_stream_handler_is_not_reasked_per_event(reactor):
+    class Quiet(Echo):
+        reports_wants_changes = True
+
+    a, b = socket.socketpair()
+    with b:
+        h = reactor.add(Quiet(a))
+        asked = h.asked
+        b.settimeout(5)
+        for i in range(50):
+            b.sendall(b"x")
+            run_until(reactor, lambda: h.bytes_out == i + 1)
+            assert b.recv(1) == b"x"
+        assert h.asked == asked              # interest never changed, never re-read
+        h.pause_reading()                    # a change it reports itself
+        reactor.run_once(0)
+        assert h.asked == asked + 1 and h._r_mask == 0
 
 
 def test_update_rereads_wants_from_outside_a_callback(reactor):
