@@ -432,3 +432,12 @@ def alternate(servers, rounds: int, retries: int, label: str,
             log.debug("%s %s round %d: %.0f rt/s, %s us/rt", label, server.name, r + 1, result.rate,
                       "-" if result.cpu_us_per_rt is None else f"{result.cpu_us_per_rt:.1f}")
     return results
+
+
+def run_cli(main) -> int:
+    """Entry point: run main, turning a failed server or a wrong echo into exit status 1."""
+    try:
+        return main()
+    except (EchoError, RuntimeError, OSError) as exc:
+        log.error("benchmark failed: %s", exc)
+        return 1

@@ -129,14 +129,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> int:
-    """Entry point: run main, turning a failed server or a wrong echo into exit status 1."""
-    try:
-        return main()
-    except (_load.EchoError, RuntimeError, OSError) as exc:
-        log.error("benchmark failed: %s", exc)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(_load.run_cli(main))

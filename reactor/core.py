@@ -305,12 +305,7 @@ class Reactor:
                 if deadline is not None:
                     wait = min(max(0.0, deadline - clock()), MAX_SELECT_TIMEOUT)
                     timeout = wait if timeout is None else min(timeout, wait)
-            if poll is None:
-                events = self._selector.select(timeout)
-                self._turns += 1
-                if events:
-                    self._dispatch(events)
-            else:
+            if poll is not None:
                 if timeout is None:
                     timeout = -1
                 elif timeout > 0:
@@ -319,36 +314,38 @@ class Reactor:
                     events = poll(timeout, len(by_fd) + 1)
                 except InterruptedError:
                     events = None
-                self._turns += 1
-                if events:
-                    # _dispatch for raw (fd, epoll bits), inlined: any bit but OUT (HUP, ERR)
-                    # also wakes a reader, any bit but IN a writer, within the registered
-                    # interest (selectors' own rule).
-                    self._events += len(events)
-                    slowest, slowest_h = self._slowest[0], None
-                    t0 = perf()
-                    for fd, bits in events:
-                        handler = by_fd.get(fd)
-                        if handler is None:             # removed earlier in this turn
-                            continue
-                        mask = handler._r_mask
-                        try:
-                            if bits & not_out and mask & READ:
-                                handler.handle_receive()
-                            if bits & not_in and mask & WRITE and handler._r_fd >= 0:
-                                handler.handle_send()
-                            if handler._r_reread and handler._r_fd >= 0:
-                                if ((READ if handler.wants_to_receive() else 0)
-                                        | (WRITE if handler.wants_to_send() else 0)) != handler._r_mask:
-                                    settle(handler)
-                        except Exception as exc:
-                            on_error(handler, exc)
-                        t1 = perf()
-                        if t1 - t0 > slowest:
-                            slowest, slowest_h = t1 - t0, handler
-                        t0 = t1
-                    if slowest_h is not None:
-                        self._slowest = (slowest, repr(slowest_h))
+            else:                               # any other selector: its masks as epoll bits
+                events = [(key.fd, (_EPOLLIN if mask & READ else 0) | (_EPOLLOUT if mask & WRITE else 0))
+                          for key, mask in self._selector.select(timeout)]
+            self._turns += 1
+            if events:
+                # Any bit but OUT (HUP, ERR) also wakes a reader, any bit but IN a writer, within
+                # the registered interest (selectors' own rule).
+                self._events += len(events)
+                slowest, slowest_h = self._slowest[0], None
+                t0 = perf()
+                for fd, bits in events:
+                    handler = by_fd.get(fd)
+                    if handler is None:             # removed earlier in this turn
+                        continue
+                    mask = handler._r_mask
+                    try:
+                        if bits & not_out and mask & READ:
+                            handler.handle_receive()
+                        if bits & not_in and mask & WRITE and handler._r_fd >= 0:
+                            handler.handle_send()
+                        if handler._r_reread and handler._r_fd >= 0:
+                            if ((READ if handler.wants_to_receive() else 0)
+                                    | (WRITE if handler.wants_to_send() else 0)) != handler._r_mask:
+                                settle(handler)
+                    except Exception as exc:
+                        on_error(handler, exc)
+                    t1 = perf()
+                    if t1 - t0 > slowest:
+                        slowest, slowest_h = t1 - t0, handler
+                    t0 = t1
+                if slowest_h is not None:
+                    self._slowest = (slowest, repr(slowest_h))
             if timers._heap:
                 for timer in timers.pop_due(clock()):
                     self._run_callback(timer.callback, timer.args)
@@ -358,34 +355,6 @@ class Reactor:
                     self._run_callback(callback, args)
             if once or self._stopping:
                 return
-
-    def _dispatch(self, events: list) -> None:
-        self._events += len(events)
-        perf = time.perf_counter
-        slowest, slowest_h = self._slowest[0], None
-        t0 = perf()
-        for key, mask in events:
-            handler = key.data
-            if handler._r_fd < 0:           # removed earlier in this turn
-                continue
-            try:
-                if mask & READ:
-                    handler.handle_receive()
-                if mask & WRITE and handler._r_fd >= 0:
-                    handler.handle_send()
-                if handler._r_reread and handler._r_fd >= 0:
-                    new = ((READ if handler.wants_to_receive() else 0)
-                           | (WRITE if handler.wants_to_send() else 0))
-                    if new != handler._r_mask:
-                        self._settle(handler)
-            except Exception as exc:
-                self._handler_error(handler, exc)
-            t1 = perf()
-            if t1 - t0 > slowest:
-                slowest, slowest_h = t1 - t0, handler
-            t0 = t1
-        if slowest_h is not None:
-            self._slowest = (slowest, repr(slowest_h))
 
     def _run_callback(self, callback: Callable[..., Any], args: tuple) -> None:
         t0 = time.perf_counter()

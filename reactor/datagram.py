@@ -102,15 +102,6 @@ class DatagramHandler(EventHandler):
         """The kernel reported an error for this socket (often an earlier send's ICMP)."""
         log.debug("%r: %s", self, exc)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.reactor is not None:
-            self.reactor.remove(self)
-        else:
-            self.handle_close()
-
     def handle_close(self) -> None:
         self._closed = True
         self._queue.clear()

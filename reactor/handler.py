@@ -66,6 +66,8 @@ class EventHandler:
         self.close()
 
     def close(self) -> None:
-        """Leave the reactor (which calls handle_close once)."""
+        """Leave the reactor, which calls handle_close() once; never added, call it here."""
         if self.reactor is not None:
             self.reactor.remove(self)
+        else:
+            self.handle_close()

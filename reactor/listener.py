@@ -65,7 +65,8 @@ def peer_allowed(host: str, allow: list[Network], deny: list[Network]) -> bool:
 
 
 class Listener(EventHandler):
-    """A listening socket that builds one handler per accepted connection."""
+    """A listening socket that builds one handler per accepted connection; close() stops
+    accepting and leaves the connections already made alone."""
 
     accept_batch = 128
     backoff = 0.1
@@ -170,16 +171,6 @@ class Listener(EventHandler):
             return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
-
-    def close(self) -> None:
-        """Stop accepting (the connections already made stay)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.reactor is not None:
-            self.reactor.remove(self)
-        else:
-            self.handle_close()
 
     def handle_close(self) -> None:
         self._closed = True
