@@ -1,0 +1,39 @@
+"""The benchmarks still run end to end (one tiny round each), so they cannot rot unnoticed.
+
+Nothing here asserts speed: the machines are shared and noisy, and speed is the benchmarks' own
+business.  These only check that both servers were measured and that every echo was verified."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_json(module: str, *args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-m", module, "--rounds", "1", "--duration", "0.2",
+                           "--warmup", "0.05", "--client", "python", "--json", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.timeout(120)
+def test_echo_benchmark_measures_both_servers():
+    rows = run_json("benchmarks.echo", "--cases", "64x1,1kx10")
+    assert [row["case"] for row in rows] == ["64x1", "1kx10"]
+    for row in rows:
+        assert row["ours"]["rt_per_s"] > 0 and row["asyncio"]["rt_per_s"] > 0
+        assert row["ratio"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_scaling_benchmark_holds_idle_connections():
+    rows = run_json("benchmarks.scaling", "--idle", "0,100")
+    assert [row["idle"] for row in rows] == [0, 100]
+    for row in rows:
+        assert row["ours"]["rt_per_s"] > 0 and row["asyncio"]["rt_per_s"] > 0
