@@ -50,7 +50,11 @@ class Connector(EventHandler):
     def handle_added(self) -> None:
         if self.timeout is not None:
             self._timer = self.reactor.call_later(self.timeout, self._timed_out)
-        err = self.sock.connect_ex(self.address)
+        try:
+            err = self.sock.connect_ex(self.address)
+        except (OSError, TypeError, ValueError) as exc:    # a bad address, a path too long
+            self._failed(exc)
+            return
         if err == 0:
             self._connected()
         elif err not in _IN_PROGRESS:
@@ -60,6 +64,13 @@ class Connector(EventHandler):
     def handle_send(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
+            try:
+                self.sock.getpeername()     # writable and no error, but is it connected yet?
+            except OSError as exc:
+                if exc.errno == errno.ENOTCONN:
+                    return                  # a spurious wake-up: keep waiting
+                self._failed(exc)
+                return
             self._connected()
         elif err == errno.ECONNREFUSED:
             self._failed(ConnectionRefusedError(err, os.strerror(err)))

@@ -102,12 +102,17 @@ class Reactor:
         self._timers = TimerHeap()
         self._ready: collections.deque = collections.deque()
         self._signals: dict[int, Any] = {}
-        self._running = self._stopping = self._closed = False
+        self._running = self._stopping = self._closed = self._closing = False
         # statistics
         self._turns = self._events = 0
         self._accepts = self._accept_errors = 0
         self._closed_bytes_in = self._closed_bytes_out = 0
-        self._slowest = (0.0, "")
+        self._slowest: tuple[float, Any] = (0.0, None)
+        # Descriptors registered while a batch of events is being dispatched: an event in that
+        # batch for the same number belongs to the handler that had it before (closed earlier
+        # in the batch), not to the new one, and is skipped.
+        self._fresh: set[int] = set()
+        self._dispatching = False
         self._waker = _Waker()
         self.add(self._waker)
 
@@ -117,7 +122,7 @@ class Reactor:
         """Take a handler in: its wants are read now and registered if it wants anything.
 
         Any object with the recipe's five methods will do; EventHandler adds the close path."""
-        if self._closed:
+        if self._closed or self._closing:
             raise RuntimeError("reactor is closed")
         if handler in self._handlers:
             return handler
@@ -191,6 +196,8 @@ class Reactor:
                 self.remove(stale)
                 sel.register(fd, new, handler)
             self._by_fd[fd] = handler
+            if self._dispatching:
+                self._fresh.add(fd)
         elif not new:
             del self._by_fd[fd]
             sel.unregister(fd)
@@ -267,7 +274,7 @@ class Reactor:
         """Turn until stop() is called."""
         if self._running:
             raise RuntimeError("reactor is already running")
-        self._running, self._stopping = True, False
+        self._running = True             # a stop() made before run() still counts (as in asyncio)
         try:
             self._loop(None, once=False)
         finally:
@@ -287,6 +294,7 @@ class Reactor:
         share of an echo round trip."""
         ready, timers, clock, perf = self._ready, self._timers, self._clock, time.perf_counter
         by_fd, poll, settle, on_error = self._by_fd, self._epoll_poll, self._settle, self._handler_error
+        fresh = self._fresh
         not_out, not_in = ~_EPOLLOUT, ~_EPOLLIN
         while True:
             if self._dirty:
@@ -310,6 +318,8 @@ class Reactor:
                     timeout = -1
                 elif timeout > 0:
                     timeout = math.ceil(timeout * 1e3) * 1e-3     # as selectors does: no busy wait
+                else:
+                    timeout = 0
                 try:
                     events = poll(timeout, len(by_fd) + 1)
                 except InterruptedError:
@@ -323,10 +333,11 @@ class Reactor:
                 # the registered interest (selectors' own rule).
                 self._events += len(events)
                 slowest, slowest_h = self._slowest[0], None
+                self._dispatching = True
                 t0 = perf()
                 for fd, bits in events:
                     handler = by_fd.get(fd)
-                    if handler is None:             # removed earlier in this turn
+                    if handler is None or fresh and fd in fresh:    # left earlier in this batch
                         continue
                     mask = handler._r_mask
                     try:
@@ -344,11 +355,15 @@ class Reactor:
                     if t1 - t0 > slowest:
                         slowest, slowest_h = t1 - t0, handler
                     t0 = t1
+                self._dispatching = False
+                if fresh:
+                    fresh.clear()
                 if slowest_h is not None:
-                    self._slowest = (slowest, repr(slowest_h))
+                    self._slowest = (slowest, slowest_h)
             if timers._heap:
                 for timer in timers.pop_due(clock()):
-                    self._run_callback(timer.callback, timer.args)
+                    if not timer.cancelled:         # an earlier timer of this turn may cancel it
+                        self._run_callback(timer.callback, timer.args)
             if ready:
                 for _ in range(len(ready)):
                     callback, args = ready.popleft()
@@ -364,7 +379,7 @@ class Reactor:
             log.exception("error in callback %r", callback)
         dt = time.perf_counter() - t0
         if dt > self._slowest[0]:
-            self._slowest = (dt, getattr(callback, "__qualname__", repr(callback)))
+            self._slowest = (dt, callback)
 
     # -- teardown and statistics ---------------------------------------------------------------
 
@@ -374,6 +389,7 @@ class Reactor:
             return
         if self._running:
             raise RuntimeError("cannot close a running reactor")
+        self._closing = True             # add() refuses from here: nothing is left behind
         for handler in list(self._handlers):
             if handler is not self._waker:
                 self.remove(handler)
@@ -393,7 +409,7 @@ class Reactor:
         """Counters for monitoring; the slowest callback is that of the interval since the last
         stats() call, and is reset by this call."""
         live = [h for h in self._handlers if h is not self._waker]
-        slowest, self._slowest = self._slowest, (0.0, "")
+        slowest, self._slowest = self._slowest, (0.0, None)
         return {
             "turns": self._turns,
             "events": self._events,
@@ -406,5 +422,15 @@ class Reactor:
             "timers": len(self._timers),
             "ready": len(self._ready),
             "slowest_callback_s": slowest[0],
-            "slowest_callback": slowest[1],
+            "slowest_callback": _describe(slowest[1]),
         }
+
+
+def _describe(obj: Any) -> str:
+    """A name for the stats: a handler's repr or a function's qualified name, never an error."""
+    if obj is None:
+        return ""
+    try:
+        return getattr(obj, "__qualname__", None) or repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object (repr failed)>"

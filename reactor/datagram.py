@@ -57,6 +57,8 @@ class DatagramHandler(EventHandler):
                 return
             except OSError as exc:
                 self.error_received(exc)
+                if self._closed:
+                    return
                 continue
             self.bytes_in += len(data)
             self.datagram_received(data, addr)
@@ -72,7 +74,10 @@ class DatagramHandler(EventHandler):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                self.dropped += 1
                 self.error_received(exc)
+                if self._closed:
+                    return
             queue.popleft()
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
@@ -86,6 +91,7 @@ class DatagramHandler(EventHandler):
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
+                self.dropped += 1
                 self.error_received(exc)
                 return
         if len(self._queue) >= self.max_queue:

@@ -31,22 +31,31 @@ from .handler import EventHandler
 
 log = logging.getLogger(__name__)
 
-_SKIP = frozenset({errno.ECONNABORTED, errno.EPERM, errno.EPROTO})
+# Errors that concern one peer only (accept(2): treat the network ones like EAGAIN).
+_SKIP = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_networks(specs: Iterable[str | Network] | None) -> list[Network]:
-    """CIDR strings to networks; host bits set are accepted and the network meant is logged."""
+    """CIDR strings to networks.  Host bits set are accepted and the network meant is logged;
+    IPv4-mapped IPv6 networks (::ffff:10.0.0.0/104) become the IPv4 networks they mean."""
     networks = []
     for spec in specs or ():
         if isinstance(spec, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            networks.append(spec)
-            continue
-        net = ipaddress.ip_network(spec, strict=False)
-        if str(net) != spec and "/" in spec:
-            log.warning("CIDR %s has host bits set; using %s", spec, net)
+            net = spec
+        else:
+            try:
+                net = ipaddress.ip_network(spec)
+            except ValueError:
+                net = ipaddress.ip_network(spec, strict=False)     # still raises if not a network
+                log.warning("CIDR %s has host bits set; using %s", spec, net)
+        if (isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96
+                and net.network_address.ipv4_mapped is not None):
+            net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
         networks.append(net)
     return networks
 
@@ -84,6 +93,7 @@ class Listener(EventHandler):
         self.refused = 0
         self._fd = sock.fileno()
         self._backing_off = False
+        self._backoff_timer = None
         self._closed = False
         self._unlink_path: str | None = None
         self._spare: int | None = self._open_spare()
@@ -105,7 +115,7 @@ class Listener(EventHandler):
     def handle_receive(self) -> None:
         reactor = self.reactor
         for _ in range(self.accept_batch):
-            if self._at_limit():
+            if self._closed or self._at_limit():
                 return
             try:
                 conn, addr = self.sock.accept()
@@ -124,14 +134,15 @@ class Listener(EventHandler):
             if (self.allow or self.deny) and not peer_allowed(
                     addr[0] if isinstance(addr, tuple) else "", self.allow, self.deny):
                 self.refused += 1
-                log.warning("refused connection from %s", addr[0])
+                log.warning("refused connection from %r", addr)
                 _reset(conn)
                 continue
             try:
                 handler = self.factory(conn, addr)
-            except Exception:
-                conn.close()
-                raise
+            except Exception as exc:            # that peer's problem (it may already be gone)
+                log.error("cannot build a handler for %r: %s", addr, exc, exc_info=exc)
+                _reset(conn)
+                continue
             handler.listener = self
             self.connections.add(handler)
             reactor.add(handler)
@@ -156,10 +167,12 @@ class Listener(EventHandler):
                 pass
             self._spare = self._open_spare()
         self._backing_off = True
-        self.reactor.call_later(self.backoff, self._resume)
+        self._backoff_timer = self.reactor.call_later(self.backoff, self._resume)
 
     def _resume(self) -> None:
-        self._backing_off = False
+        self._backing_off, self._backoff_timer = False, None
+        if self._closed:
+            return
         if self._spare is None:
             self._spare = self._open_spare()
         if self.reactor is not None and not self._closed:
@@ -172,8 +185,19 @@ class Listener(EventHandler):
         except OSError:
             return None
 
+    def handle_error(self, exc: BaseException) -> None:
+        """An unexpected accept error: log it and keep listening (one peer must not end the
+        service); a closed or broken listening socket is the exception."""
+        if isinstance(exc, OSError) and exc.errno in (errno.EBADF, errno.EINVAL, errno.ENOTSOCK):
+            super().handle_error(exc)
+        else:
+            log.error("%r: accept failed, still listening", self, exc_info=exc)
+
     def handle_close(self) -> None:
         self._closed = True
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None

@@ -129,8 +129,8 @@ def fill_socket(sock: socket.socket, chunk: int = 65536) -> int:
             except (BlockingIOError, InterruptedError):
                 if chunk == 1:
                     return total
-                chunk //= 16 or 1
-                data = b"x" * max(chunk, 1)
+                chunk = max(chunk // 16, 1)
+                data = b"x" * chunk
     finally:
         sock.setblocking(blocking)
 

@@ -253,12 +253,17 @@ def test_idle_timeout_on_the_fake_clock():
         h = Recorder(ours)
         h.idle_timeout = 10.0
         reactor.add(h)
-        clock.advance(6, reactor)
+
+        def step_until(t_end):
+            while clock.now < 1000 + t_end:
+                clock.advance(0.5, reactor)
+        step_until(6)
         theirs.send(b"activity")
-        run_until(reactor, lambda: h.data)             # resets the idle clock at t=6
-        clock.advance(6, reactor)                      # t=12: only 6 s idle
-        assert "lost" not in h.events and "made" in h.events
-        clock.advance(5, reactor)                      # t=17: 11 s idle -> close (lingers)
+        run_until(reactor, lambda: h.data)             # activity at t=6
+        step_until(15.5)
+        assert not h.closing                           # 9.5 s idle: not yet
+        step_until(6 + 10 * 1.25 + 0.5)
+        assert h.closing                               # closed within 1.25 idle_timeout
         theirs.close()
         run_until(reactor, lambda: "lost" in h.events)
     assert reactor.stats()["timers"] == 0               # no timer left behind
