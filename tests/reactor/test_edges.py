@@ -831,6 +831,7 @@ def test_fill_socket_returns_and_the_next_send_would_block(chunk, family):
             ours.close()                        # its next send raises EBADF: the thread ends
             thread.join(5)
             pytest.fail("fill_socket(sock, %d) did not return" % chunk)
-        ours.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            ours.send(b"x")
+        if family == socket.AF_UNIX:            # TCP may free space a moment later (ACKs,
+            ours.setblocking(False)             # buffer autotuning): only Unix is exact
+            with pytest.raises(BlockingIOError):
+                ours.send(b"x")
