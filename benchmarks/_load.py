@@ -441,3 +441,11 @@ def run_cli(main) -> int:
     except (EchoError, RuntimeError, OSError) as exc:
         log.error("benchmark failed: %s", exc)
         return 1
+
+
+def disturbance_note(retries: int, worst: float) -> str:
+    """The footnote that explains a table's !N/M marks."""
+    return (f"  !N/M: in N of that row's M rounds (after up to {retries} retries) server or "
+            f"client waited over {DISTURBED:.0%} of the round (at worst {worst:.0%}) "
+            "for a CPU other processes held; medians leave those rounds out unless all of a "
+            "server's rounds were disturbed")

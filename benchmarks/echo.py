@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'/'.join(map(percent, (ours['server_busy'], peer['server_busy'], client_busy))):>25}"
                   f"{f' !{disturbed}/{len(all_rounds)}' if disturbed else ''}", flush=True)
         if not args.json and worst_others > _load.DISTURBED:
-            print(f"  !N/M: in N of that row's M rounds (after up to {args.retries} retries) server or "
-                  f"client waited over {_load.DISTURBED:.0%} of the round (at worst {worst_others:.0%}) "
-                  "for a CPU other processes held; medians leave those rounds out unless all of a "
-                  "server's rounds were disturbed")
+            print(_load.disturbance_note(args.retries, worst_others))
     return 0
 
 

@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(cpu['ours'], '.1f'):>10} {fmt(cpu['asyncio'], '.1f'):>13}"
                   f"{f' !{disturbed}/{len(all_rounds)}' if disturbed else ''}", flush=True)
         if not args.json and worst_others > _load.DISTURBED:
-            print(f"  !N/M: in N of that row's M rounds (after up to {args.retries} retries) server or "
-                  f"client waited over {_load.DISTURBED:.0%} of the round (at worst {worst_others:.0%}) "
-                  "for a CPU other processes held; medians leave those rounds out unless all of a "
-                  "server's rounds were disturbed")
+            print(_load.disturbance_note(args.retries, worst_others))
         if not args.json and any_short:
             print("  * fewer idle connections than asked were open or accepted in some round (see log)")
         if not args.json and wanted[0] != 0:

@@ -2,6 +2,8 @@
 a thread, and a loopback server built on it.  Every test also has a timeout (pyproject.toml)."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from reactor import Reactor, listen_tcp
@@ -33,3 +35,21 @@ def serve_in_thread(rt):
         serve.listener = listener
         return listener.address
     return serve
+
+
+@pytest.fixture
+def full_backlog():
+    """(host, port) of a listener whose accept queue is full: a new connect stays pending."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(server.getsockname())
+        fillers.append(c)
+    yield server.getsockname()
+    for c in fillers:
+        c.close()
+    server.close()

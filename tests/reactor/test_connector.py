@@ -45,24 +45,6 @@ def exchange(reactor, handler, server_side):
     assert recv_exactly(server_side, 5) == b"world"
 
 
-@pytest.fixture
-def full_backlog():
-    """(host, port) of a listener whose accept queue is full: a new connect stays pending."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    fillers = []
-    for _ in range(2):
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex(server.getsockname())
-        fillers.append(c)
-    yield server.getsockname()
-    for c in fillers:
-        c.close()
-    server.close()
-
-
 def test_connect_tcp_hands_the_socket_to_the_factory(reactor):
     with socket.create_server(("127.0.0.1", 0)) as server:
         outcome = Outcome()

@@ -69,24 +69,6 @@ def fake():
         r.close()
 
 
-@pytest.fixture
-def full_backlog():
-    """(host, port) of a listener whose accept queue is full: a new connect stays pending."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    fillers = []
-    for _ in range(3):
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex(server.getsockname())
-        fillers.append(c)
-    yield server.getsockname()
-    for c in fillers:
-        c.close()
-    server.close()
-
-
 def peer_closed(sock):
     """True once the other side has closed or reset sock; reads and drops pending data."""
     sock.setblocking(False)
