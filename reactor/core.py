@@ -173,8 +173,8 @@ class Reactor:
             listener.connection_closed(handler)
 
     def update(self, handler: EventHandler) -> None:
-        """Re-read the handler's wants before the next select (for changes made outside its
-        own callbacks)."""
+        """Re-read the handler's wants before the next select: needed for changes made outside
+        its own callbacks, and always by handlers that set reports_wants_changes."""
         if getattr(handler, "_r_fd", -1) >= 0 and handler in self._handlers:
             self._dirty.add(handler)
 
