@@ -6,12 +6,17 @@ this file stays short.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
+import time
 
 from reactor import StreamHandler
+from reactor.timers import Timer
 
-from .base import RemoteProtocolError
+from .base import LocalProtocolError, RemoteProtocolError
 from .framing import MAX_LINE, LineFramer
+from .http import (DONE, IDLE, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
+                   Request, Response, ServerConnection, reason_phrase)
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +50,201 @@ class LineHandler(StreamHandler):
 
     def line_received(self, line: bytes) -> None:
         """One line arrived (without its newline unless keepends)."""
+
+
+# -- HTTP/1.1 server --------------------------------------------------------------------------------
+
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted once per second."""
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0], _date_cache[1] = now, email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+class HTTPServerHandler(StreamHandler):
+    """One HTTP/1.1 server connection: override request_received(request, body) and answer with
+    respond(), or with send_head() / send_body() / end_response() for a streamed body.
+
+    Requests are answered strictly in order: the next pipelined request is parsed only when the
+    response to this one has ended.  Deadlines: a request head must be complete header_timeout
+    seconds after its first byte, a body body_timeout seconds after its head (neither is reset
+    by each byte: a slowloris gains nothing), and an idle kept-alive connection is closed after
+    keep_alive_timeout.  A framing error is answered with its status, then a lingering close."""
+
+    server_header: bytes = b"reactor"
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 15.0
+    max_pipelined: int = 64 * 1024          # unparsed bytes held before reading pauses
+    limits: dict = {}                        # ServerConnection limits (max_body, ...)
+
+    def connection_made(self) -> None:
+        self.conn = ServerConnection(**self.limits)
+        self._request: Request | None = None
+        self._body: list[bytes] = []
+        self._phase, self._phase_since = "idle", self.reactor.time()
+        self._deadline_timer: Timer | None = None
+        self._held = False                   # reading paused by us for pipelined backlog
+        self._arm(self._phase_since + self.keep_alive_timeout)
+
+    # -- what applications override and call ------------------------------------------------------
+
+    def request_received(self, request: Request, body: bytes) -> None:
+        """A complete request arrived: answer it (now or later) with respond() or send_head()."""
+        self.respond(404, [(b"content-type", b"text/plain")], b"Not Found\n")
+
+    def respond(self, status: int, headers: list, body: bytes = b"", reason: bytes = b"") -> None:
+        """Send a whole response in one write (Content-Length, Date and Server added)."""
+        conn = self.conn
+        try:
+            head = conn.send(Response(status, [(b"content-length", b"%d" % len(body)), *headers,
+                                               (b"date", http_date()), (b"server", self.server_header)],
+                                      reason))
+            self.write(head + conn.send(Data(body)) + conn.send(EndOfMessage()) if body
+                       else head + conn.send(EndOfMessage()))
+        except LocalProtocolError as exc:
+            log.error("%r: cannot send response: %s", self, exc)
+            self.abort()
+            return
+        self._response_done()
+
+    def send_head(self, status: int, headers: list, reason: bytes = b"") -> None:
+        """Start a response whose body follows in send_body() calls (chunked unless the
+        headers give a Content-Length)."""
+        self.write(self.conn.send(Response(status, [*headers, (b"date", http_date()),
+                                                    (b"server", self.server_header)], reason)))
+
+    def send_body(self, data: bytes) -> None:
+        """Send a piece of the body."""
+        if data:
+            self.write(self.conn.send(Data(data)))
+
+    def end_response(self) -> None:
+        """The body is complete: the next pipelined request, if any, is parsed now."""
+        self.write(self.conn.send(EndOfMessage()))
+        self._response_done()
+
+    # -- moving bytes ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if events:
+            self._handle(events)
+        elif self._phase == "idle":          # the first bytes of a head: its deadline starts
+            self._enter("head", self.header_timeout)
+        if self.conn.their_state is DONE and self.conn.trailing_data > self.max_pipelined:
+            self._held = True
+            self.pause_reading()
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Request:
+                self._request, self._body = event, []
+                if self.conn.they_are_waiting_for_100_continue:
+                    self.write(self.conn.send(InformationalResponse(100)))
+                self._enter("body", self.body_timeout)
+            elif kind is Data:
+                self._body.append(event.data)
+            elif kind is EndOfMessage:
+                self._phase = "app"
+                body = b"".join(self._body) if self._body else b""
+                self._body = []
+                self.request_received(self._request, body)
+                return                       # nothing more is parsed until the response ends
+            elif kind is ConnectionClosed:
+                self.close()
+                return
+
+    def eof_received(self) -> bool | None:
+        try:
+            events = self.conn.receive_data(b"")
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return True
+        if events:
+            self._handle(events)
+        # A client may half-close after its request: keep our side open to answer it.
+        return self._phase == "app"
+
+    def _response_done(self) -> None:
+        conn = self.conn
+        if conn.our_state is DONE and conn.their_state is DONE and not self.closing:
+            self._enter("idle", self.keep_alive_timeout)
+            if self._held:
+                self._held = False
+                self.resume_reading()
+            try:
+                events = conn.start_next_cycle()
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if events:
+                self._handle(events)
+            elif conn.trailing_data and self._phase == "idle":
+                self._enter("head", self.header_timeout)
+            if self._eof and self._phase == "idle":
+                self.close()
+        else:
+            self.close()                     # Connection: close, or a body we never read
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        log.info("%r: bad request: %s", self, exc)
+        if self.conn.our_state is IDLE and not self.closing:
+            status = exc.error_status_hint
+            body = f"{status} {reason_phrase(status).decode()}: {exc}\n".encode()
+            self.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                       b"connection: close\r\ndate: %s\r\nserver: %s\r\n\r\n%s" % (
+                           status, reason_phrase(status), len(body), http_date(),
+                           self.server_header, body))
+            self.close()                     # flush, half-close, drain: a lingering close
+        else:
+            self.abort()
+
+    # -- deadlines --------------------------------------------------------------------------------
+
+    def _enter(self, phase: str, timeout: float) -> None:
+        now = self.reactor.time()
+        self._phase, self._phase_since = phase, now
+        self._arm(now + timeout)
+
+    def _arm(self, deadline: float) -> None:
+        """One timer per connection: re-armed only when the new deadline is earlier than the
+        armed one; a timer that fires early looks at the current phase and re-arms."""
+        timer = self._deadline_timer
+        if timer is not None and timer.active:
+            if timer.when <= deadline:
+                return
+            timer.cancel()
+        self._deadline_timer = self.reactor.call_at(deadline, self._deadline_check)
+
+    def _deadline_check(self) -> None:
+        self._deadline_timer = None
+        if self.closing:
+            return
+        timeout = {"idle": self.keep_alive_timeout, "head": self.header_timeout,
+                   "body": self.body_timeout}.get(self._phase)
+        if timeout is None:                  # the application is answering
+            self._arm(self.reactor.time() + self.keep_alive_timeout)
+            return
+        deadline = self._phase_since + timeout
+        if self.reactor.time() < deadline:
+            self._arm(deadline)
+        elif self._phase == "idle":
+            self.close()
+        else:
+            self._protocol_error(RemoteProtocolError(f"request {self._phase} not received in time", 408))
+
+    def handle_close(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        super().handle_close()
