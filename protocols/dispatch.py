@@ -60,7 +60,7 @@ def compile_route(path: str) -> tuple[re.Pattern[str] | None, dict[str, Callable
         kind, name = m.group(1) or "str", m.group(2)
         if name in converters:
             raise ValueError(f"route {path!r} repeats parameter {name!r}")
-        regex, converters[name] = _KINDS[kind]
+        regex, converters[name] = _KINDS[kind][0], _KINDS[kind][1]
         pieces += [path[last:m.start()], f"(?P<{name}>{regex})"]
         last = m.end()
     pieces.append(path[last:])
@@ -119,6 +119,8 @@ class PathDispatcher:
 
     def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[WSGIApp], WSGIApp]:
         """Decorator: register the function for each of methods at path."""
+        methods = (methods,) if isinstance(methods, str) else tuple(methods)
+
         def decorate(app: WSGIApp) -> WSGIApp:
             for method in methods:
                 self.register(method, path, app)
