@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0        # seconds for a server to print its listening line
 STOP_TIMEOUT = 10.0         # seconds for a server to exit after SIGTERM before it is killed
 MAX_BANNER = 64 * 1024      # bytes of stdout read while looking for the listening line
-_LISTENING = re.compile(rb"^listening tcp://(?P<host>[^\s]+):(?P<port>\d+)(?:\s.*)?$")
+_LISTENING = re.compile(rb"^listening (?:tcp|http)://(?P<host>[^\s]+):(?P<port>\d+)(?:\s.*)?$")
 
 
 def median(values: list[float]) -> float | None:
@@ -185,8 +185,9 @@ class Server:
         return self
 
     def _read_listening(self, timeout: float) -> tuple[str, int]:
-        # Read stdout until a `listening tcp://HOST:PORT` line, with a deadline. Nothing reads
-        # stdout afterwards; a server may log to stderr (inherited) but should print no more.
+        # Read stdout until a `listening tcp://HOST:PORT` (or http://) line, with a deadline.
+        # Nothing reads stdout afterwards; a server may log to stderr (inherited) but should
+        # print no more.
         deadline = time.monotonic() + timeout
         fd, buf = self.proc.stdout.fileno(), b""
         with selectors.DefaultSelector() as sel:

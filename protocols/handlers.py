@@ -54,7 +54,7 @@ class LineHandler(StreamHandler):
 
 # -- HTTP/1.1 server --------------------------------------------------------------------------------
 
-_date_cache = [0, b""]
+_date_cache = [0, b"", {}]
 
 
 def http_date() -> bytes:
@@ -62,7 +62,17 @@ def http_date() -> bytes:
     now = int(time.time())
     if now != _date_cache[0]:
         _date_cache[0], _date_cache[1] = now, email.utils.formatdate(now, usegmt=True).encode()
+        _date_cache[2] = {}
     return _date_cache[1]
+
+
+def _standard_fields(server: bytes) -> bytes:
+    """b"date: ...\\r\\nserver: ...\\r\\n", built once per second per server name."""
+    date = http_date()
+    lines = _date_cache[2].get(server)
+    if lines is None:
+        lines = _date_cache[2][server] = b"date: %s\r\nserver: %s\r\n" % (date, server)
+    return lines
 
 
 class HTTPServerHandler(StreamHandler):
@@ -86,10 +96,15 @@ class HTTPServerHandler(StreamHandler):
         self.conn = ServerConnection(**self.limits)
         self._request: Request | None = None
         self._body: list[bytes] = []
-        self._phase, self._phase_since = "idle", self.reactor.time()
+        # The phase decides which deadline applies; it is stamped with the time only when a
+        # callback ends in it (one attribute read per request, no timer churn).
+        self._phase, self._phase_since = "idle", None
         self._deadline_timer: Timer | None = None
         self._held = False                   # reading paused by us for pipelined backlog
-        self._arm(self._phase_since + self.keep_alive_timeout)
+        self._handling = False               # inside _handle: a finished response only flags
+        self._next_cycle = False             # ... that the next cycle is due (no recursion)
+        self._cycle_deferred = False         # the next cycle waits for the peer to read
+        self._stamp()
 
     # -- what applications override and call ------------------------------------------------------
 
@@ -99,17 +114,14 @@ class HTTPServerHandler(StreamHandler):
 
     def respond(self, status: int, headers: list, body: bytes = b"", reason: bytes = b"") -> None:
         """Send a whole response in one write (Content-Length, Date and Server added)."""
-        conn = self.conn
         try:
-            head = conn.send(Response(status, [(b"content-length", b"%d" % len(body)), *headers,
-                                               (b"date", http_date()), (b"server", self.server_header)],
-                                      reason))
-            self.write(head + conn.send(Data(body)) + conn.send(EndOfMessage()) if body
-                       else head + conn.send(EndOfMessage()))
+            data = self.conn.respond(status, headers, body, reason,
+                                     _standard_fields(self.server_header))
         except LocalProtocolError as exc:
             log.error("%r: cannot send response: %s", self, exc)
             self.abort()
             return
+        self.write(data)
         self._response_done()
 
     def send_head(self, status: int, headers: list, reason: bytes = b"") -> None:
@@ -139,23 +151,41 @@ class HTTPServerHandler(StreamHandler):
         if events:
             self._handle(events)
         elif self._phase == "idle":          # the first bytes of a head: its deadline starts
-            self._enter("head", self.header_timeout)
+            self._phase, self._phase_since = "head", None
+        if self._phase_since is None:
+            self._stamp()
         if self.conn.their_state is DONE and self.conn.trailing_data > self.max_pipelined:
             self._held = True
             self.pause_reading()
 
     def _handle(self, events: list) -> None:
+        """Process events.  A response that ends in here only flags the next cycle, which this
+        loop then starts: a thousand pipelined requests iterate, they do not recurse."""
+        self._handling = True
+        try:
+            while events:
+                self._handle_batch(events)
+                events = []
+                if self._next_cycle:
+                    self._next_cycle = False
+                    events = self._start_next_cycle()
+        finally:
+            self._handling = False
+        if self._phase_since is None and not self.closing:
+            self._stamp()
+
+    def _handle_batch(self, events: list) -> None:
         for event in events:
             kind = type(event)
             if kind is Request:
                 self._request, self._body = event, []
                 if self.conn.they_are_waiting_for_100_continue:
                     self.write(self.conn.send(InformationalResponse(100)))
-                self._enter("body", self.body_timeout)
+                self._phase, self._phase_since = "body", None
             elif kind is Data:
                 self._body.append(event.data)
             elif kind is EndOfMessage:
-                self._phase = "app"
+                self._phase, self._phase_since = "app", None
                 body = b"".join(self._body) if self._body else b""
                 self._body = []
                 self.request_received(self._request, body)
@@ -177,24 +207,43 @@ class HTTPServerHandler(StreamHandler):
 
     def _response_done(self) -> None:
         conn = self.conn
-        if conn.our_state is DONE and conn.their_state is DONE and not self.closing:
-            self._enter("idle", self.keep_alive_timeout)
-            if self._held:
-                self._held = False
-                self.resume_reading()
-            try:
-                events = conn.start_next_cycle()
-            except RemoteProtocolError as exc:
-                self._protocol_error(exc)
-                return
-            if events:
-                self._handle(events)
-            elif conn.trailing_data and self._phase == "idle":
-                self._enter("head", self.header_timeout)
-            if self._eof and self._phase == "idle":
-                self.close()
-        else:
+        if conn.our_state is not DONE or conn.their_state is not DONE or self.closing:
             self.close()                     # Connection: close, or a body we never read
+        elif self._write_paused:
+            self._cycle_deferred = True      # a client that pipelines and does not read waits
+        elif self._handling:
+            self._next_cycle = True
+        else:
+            self._handle(self._start_next_cycle())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._cycle_deferred:
+            self._cycle_deferred = False
+            self.reactor.call_soon(self._resume_cycle)
+
+    def _resume_cycle(self) -> None:
+        if not self.closing:
+            self._handle(self._start_next_cycle())
+
+    def _start_next_cycle(self) -> list:
+        """Parse the next pipelined request, if its bytes are here."""
+        conn = self.conn
+        self._phase, self._phase_since = "idle", None
+        if self._held:
+            self._held = False
+            self.resume_reading()
+        try:
+            events = conn.start_next_cycle()
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return []
+        if not events:
+            if conn.trailing_data:
+                self._phase = "head"
+            elif self._eof:
+                self.close()
+        return events
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
         log.info("%r: bad request: %s", self, exc)
@@ -211,10 +260,21 @@ class HTTPServerHandler(StreamHandler):
 
     # -- deadlines --------------------------------------------------------------------------------
 
-    def _enter(self, phase: str, timeout: float) -> None:
-        now = self.reactor.time()
-        self._phase, self._phase_since = phase, now
-        self._arm(now + timeout)
+    def _stamp(self) -> None:
+        """The current phase starts now: arm its deadline (none while the app answers)."""
+        now = self._phase_since = self.reactor.now
+        timeout = self._timeout(self._phase)
+        if timeout is not None:
+            self._arm(now + timeout)
+
+    def _timeout(self, phase: str) -> float | None:
+        if phase == "idle":
+            return self.keep_alive_timeout
+        if phase == "head":
+            return self.header_timeout
+        if phase == "body":
+            return self.body_timeout
+        return None
 
     def _arm(self, deadline: float) -> None:
         """One timer per connection: re-armed only when the new deadline is earlier than the
@@ -230,9 +290,8 @@ class HTTPServerHandler(StreamHandler):
         self._deadline_timer = None
         if self.closing:
             return
-        timeout = {"idle": self.keep_alive_timeout, "head": self.header_timeout,
-                   "body": self.body_timeout}.get(self._phase)
-        if timeout is None:                  # the application is answering
+        timeout = self._timeout(self._phase)
+        if timeout is None or self._phase_since is None:   # the application is answering
             self._arm(self.reactor.time() + self.keep_alive_timeout)
             return
         deadline = self._phase_since + timeout

@@ -98,6 +98,13 @@ def get_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def _items(values: list[bytes] | None) -> list[bytes]:
+    """Comma-separated items across repeated values, lower-cased and stripped."""
+    if not values:
+        return []
+    return [item.strip().lower() for value in values for item in value.split(b",") if item.strip()]
+
+
 def get_list(headers: Headers, name: bytes) -> list[bytes]:
     """All comma-separated items of a header, across repeats, lower-cased and stripped."""
     items = []
@@ -112,12 +119,29 @@ def get_list(headers: Headers, name: bytes) -> list[bytes]:
 IDLE, BODY, DONE, MUST_CLOSE, CLOSED, ERROR = "IDLE", "BODY", "DONE", "MUST_CLOSE", "CLOSED", "ERROR"
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# A whole header block (each line with its CRLF) is validated by one regex and taken apart by
+# one findall: two C calls per head, whatever the number of fields.
+_HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r]*?)[ \t]*\r\n")
+# The fields that decide framing and connection handling, collected in the same pass.
+_SPECIAL = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"expect"})
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _reason(status: int, reason: bytes) -> bytes:
+    """The reason phrase to send: the standard one, or the caller's if it holds no CR, LF or
+    other control byte (a reason with CRLF would let an application inject headers)."""
+    if not reason:
+        return _REASONS.get(status, b"")
+    if _FIELD_VALUE_BAD.search(reason):
+        raise LocalProtocolError(f"invalid reason phrase {reason!r}")
+    return reason
 _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
             202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
             301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
@@ -130,6 +154,18 @@ _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Cr
             500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
             503: b"Service Unavailable", 504: b"Gateway Timeout",
             505: b"HTTP Version Not Supported"}
+
+
+# Header fields already checked by respond(): most responses repeat the same few.
+_valid_fields: set[tuple[bytes, bytes]] = set()
+
+
+def _partial_terminator(buf: bytearray) -> int:
+    """How many bytes at the end of buf could be the start of a CRLF or CRLFCRLF."""
+    for tail in (b"\r\n\r", b"\r\n", b"\r"):
+        if buf.endswith(tail):
+            return len(tail)
+    return 0
 
 
 def reason_phrase(status: int) -> bytes:
@@ -169,6 +205,20 @@ class _Connection:
         """Feed what the socket read (b"" when the peer closed); returns the events it made."""
         if self.their_state is ERROR:
             raise RemoteProtocolError("cannot receive after a protocol error")
+        if (self.their_state is IDLE and not self._buf and data[-4:] == b"\r\n\r\n"
+                and len(data) <= self.max_header_bytes and data[:2] != b"\r\n"
+                and data.find(b"\r\n\r\n") == len(data) - 4):
+            # The common case: exactly one whole head in one read, nothing buffered.  Parsed
+            # in place: no copy through the buffer, and a body-less message ends right here.
+            events: list = []
+            try:
+                self._take_head(data[:-2], events)
+                if self._body_kind == "length" and not self._left:
+                    self._message_done(events, [])
+            except RemoteProtocolError:
+                self.their_state = ERROR
+                raise
+            return events
         if data:
             self._buf += data
         else:
@@ -200,60 +250,77 @@ class _Connection:
 
     def _parse_head(self, events: list) -> bool:
         buf = self._buf
-        if self._scan == 0:
-            while buf[:2] == b"\r\n":          # RFC 9112 2.2: ignore CRLF before a request line
+        if buf[:1] == b"\r":                   # RFC 9112 2.2: ignore CRLF before a request line
+            while buf[:2] == b"\r\n":
                 del buf[:2]
+            self._scan = 0
+            if buf == b"\r":
+                return False
         end = buf.find(b"\r\n\r\n", max(0, self._scan - 3))
         if end < 0:
             self._scan = len(buf)
-            first = buf.find(b"\r\n")
-            if first < 0 and len(buf) > self.max_request_line:
+            # Line-end bytes that arrived are not counted against a limit, so a message exactly
+            # at its limit is accepted however the reads cut it.
+            size = len(buf) - _partial_terminator(buf)
+            if buf.find(b"\r\n") < 0 and size > self.max_request_line:
                 raise RemoteProtocolError("request line too long", 414)
-            if len(buf) > self.max_header_bytes:
+            if size > self.max_header_bytes:
                 raise RemoteProtocolError("header block too large", 431)
             if self._eof and buf:
                 raise RemoteProtocolError("connection closed in the middle of a head")
             return False
         if end > self.max_header_bytes:
             raise RemoteProtocolError("header block too large", 431)
-        head = bytes(buf[:end])
+        head = bytes(buf[:end + 2])                 # each line with its CRLF
         del buf[:end + 4]
         self._scan = 0
-        lines = head.split(b"\r\n")
-        if len(lines) - 1 > self.max_headers:
-            raise RemoteProtocolError("too many header fields", 431)
-        headers = []
-        append = headers.append
-        match = _HEADER.fullmatch
-        for line in lines[1:]:
-            m = match(line)
-            if m is None:
-                if line[:1] in (b" ", b"\t"):
-                    raise RemoteProtocolError("obsolete line folding")
-                raise RemoteProtocolError("malformed header field")
-            append((m.group(1).lower(), m.group(2)))
-        self._head_received(lines[0], headers, events)
+        self._take_head(head, events)
         return True
 
-    def _content_length(self, headers: Headers) -> int | None:
-        values = [value for key, value in headers if key == b"content-length"]
+    def _take_head(self, head: bytes, events: list) -> None:
+        """Parse a head (every line with its CRLF, without the blank line) into an event."""
+        first = head.find(b"\r\n")
+        block = head[first + 2:]
+        if block and _HEADER_BLOCK.fullmatch(block) is None:
+            for line in block.split(b"\r\n")[:-1]:
+                if _HEADER.fullmatch(line) is None:
+                    if line[:1] in (b" ", b"\t"):
+                        raise RemoteProtocolError("obsolete line folding")
+                    raise RemoteProtocolError("malformed header field")
+            raise RemoteProtocolError("malformed header block")
+        pairs = _FIELD.findall(block)
+        if len(pairs) > self.max_headers:
+            raise RemoteProtocolError("too many header fields", 431)
+        headers, special = [], {}
+        for name, value in pairs:
+            name = name.lower()
+            headers.append((name, value))
+            if name in _SPECIAL:
+                if name in special:
+                    special[name].append(value)
+                else:
+                    special[name] = [value]
+        self._head_received(head[:first], headers, special, events)
+
+    @staticmethod
+    def _content_length(values: list[bytes] | None) -> int | None:
         if not values:
             return None
         if any(value != values[0] for value in values) or not _DIGITS.fullmatch(values[0]):
             raise RemoteProtocolError("bad Content-Length")
         return int(values[0])
 
-    def _body_framing(self, headers: Headers, http_version: bytes, may_close_delimit: bool) -> None:
+    def _body_framing(self, special: dict, http_version: bytes, may_close_delimit: bool) -> None:
         """Decide how the body that follows this head is framed (RFC 9112 6.3)."""
-        codings = get_list(headers, b"transfer-encoding")
-        length = self._content_length(headers)
+        codings = _items(special.get(b"transfer-encoding"))
+        length = self._content_length(special.get(b"content-length"))
         if codings:
             if length is not None:
                 raise RemoteProtocolError("both Content-Length and Transfer-Encoding")
             if http_version == b"1.0":
                 raise RemoteProtocolError("Transfer-Encoding in HTTP/1.0")
-            if codings[-1] != b"chunked":
-                raise RemoteProtocolError("chunked is not the final transfer coding")
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                raise RemoteProtocolError("chunked is not the final transfer coding, once")
             if codings != [b"chunked"]:
                 raise RemoteProtocolError("unsupported transfer coding", 501)
             self._body_kind, self._chunk_state = "chunked", "size"
@@ -306,7 +373,7 @@ class _Connection:
             if state == "size":
                 end = buf.find(b"\r\n", 0, MAX_CHUNK_LINE + 2)
                 if end < 0:
-                    if len(buf) > MAX_CHUNK_LINE:
+                    if len(buf) - _partial_terminator(buf) > MAX_CHUNK_LINE:
                         raise RemoteProtocolError("chunk size line too long")
                     break
                 m = _CHUNK_LINE.fullmatch(buf, 0, end)
@@ -342,9 +409,10 @@ class _Connection:
                     self._message_done(events, [])
                     return True
                 end = buf.find(b"\r\n\r\n")
+                if end < 0 and len(buf) - _partial_terminator(buf) > self.max_header_bytes or (
+                        end > self.max_header_bytes):
+                    raise RemoteProtocolError("trailers too large", 431)
                 if end < 0:
-                    if len(buf) > self.max_header_bytes:
-                        raise RemoteProtocolError("trailers too large", 431)
                     break
                 lines = bytes(buf[:end]).split(b"\r\n")
                 del buf[:end + 4]
@@ -372,7 +440,7 @@ class _Connection:
     def _head_bytes(first_line: bytes, headers: Headers) -> bytearray:
         out = bytearray(first_line)
         for name, value in headers:
-            if not re.fullmatch(_TOKEN, name) or _FIELD_VALUE_BAD.search(value):
+            if not _TOKEN_RE.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
                 raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
             out += b"\r\n" + name + b": " + value
         out += b"\r\n\r\n"
@@ -433,7 +501,7 @@ class ServerConnection(_Connection):
         self.request: Request | None = None
         self.they_are_waiting_for_100_continue = False
 
-    def _head_received(self, first: bytes, headers: Headers, events: list) -> None:
+    def _head_received(self, first: bytes, headers: Headers, special: dict, events: list) -> None:
         if len(first) > self.max_request_line:
             raise RemoteProtocolError("request line too long", 414)
         m = _REQUEST_LINE.fullmatch(first)
@@ -443,20 +511,20 @@ class ServerConnection(_Connection):
         if major != b"1" or minor not in (b"0", b"1"):
             raise RemoteProtocolError("HTTP version not supported", 505)
         version = b"1." + minor
-        hosts = [v for k, v in headers if k == b"host"]
-        if len(hosts) > 1 or (version == b"1.1" and not hosts):
+        hosts = special.get(b"host")
+        if (hosts and len(hosts) > 1) or (version == b"1.1" and not hosts):
             raise RemoteProtocolError("a Host header is required, once")
-        connection = get_list(headers, b"connection")
+        connection = _items(special.get(b"connection"))
         if version == b"1.1":
             self.keep_alive = b"close" not in connection
         else:
             self.keep_alive = b"keep-alive" in connection
-        self._body_framing(headers, version, may_close_delimit=False)
+        self._body_framing(special, version, may_close_delimit=False)
         self.request = Request(method, target, headers, version)
         events.append(self.request)
-        self.they_are_waiting_for_100_continue = (
-            version == b"1.1" and self._left > 0 or self._body_kind == "chunked") and (
-            b"100-continue" in get_list(headers, b"expect"))
+        self.they_are_waiting_for_100_continue = version == b"1.1" and b"expect" in special and (
+            self._left > 0 or self._body_kind == "chunked") and (
+            b"100-continue" in _items(special[b"expect"]))
         self.their_state = BODY
 
     def send(self, event) -> bytes:
@@ -476,25 +544,65 @@ class ServerConnection(_Connection):
             if self.keep_alive and self.request.http_version == b"1.0":
                 headers.append((b"connection", b"keep-alive"))
             self.our_state = BODY
-            reason = event.reason or reason_phrase(status)
-            return bytes(self._head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers))
+            return bytes(self._head_bytes(b"HTTP/1.1 %d %s" % (status, _reason(status, event.reason)),
+                                          headers))
         if kind is EndOfMessage:
             return self._send_end(event.headers)
         if kind is InformationalResponse:
             if not 100 <= event.status_code < 200:
                 raise LocalProtocolError("informational responses are 1xx")
             self.they_are_waiting_for_100_continue = False
-            reason = event.reason or reason_phrase(event.status_code)
-            return bytes(self._head_bytes(b"HTTP/1.1 %d %s" % (event.status_code, reason),
-                                          list(event.headers)))
+            return bytes(self._head_bytes(
+                b"HTTP/1.1 %d %s" % (event.status_code, _reason(event.status_code, event.reason)),
+                list(event.headers)))
         raise LocalProtocolError(f"a server cannot send {kind.__name__}")
+
+    def respond(self, status: int, headers: Headers, body: bytes, reason: bytes = b"",
+                trusted: bytes = b"") -> bytes:
+        """A whole response, head and body, in one call: send(Response) + send(Data) +
+        send(EndOfMessage) for a body already in memory, framed by Content-Length.  `trusted` is
+        pre-formatted header lines the caller vouches for (Date, Server), spared validation."""
+        request = self.request
+        if request is None or self.our_state is not IDLE or status < 200:
+            raise LocalProtocolError("no request to respond to, or a 1xx status")
+        self.they_are_waiting_for_100_continue = False
+        if self.their_state is not DONE and self.their_state is not MUST_CLOSE:
+            self.keep_alive = False
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status, reason) if reason
+                                            else _REASONS.get(status, b""))]
+        if status != 204:
+            out.append(b"content-length: %d\r\n" % len(body))
+        valid = _valid_fields
+        for field in headers:
+            if field not in valid:
+                name, value = field
+                if not _TOKEN_RE.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
+                    raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+                if name == b"content-length" or name == b"transfer-encoding":
+                    raise LocalProtocolError("respond() frames the body itself")
+                if len(valid) < 4096:
+                    valid.add(field)
+            out.append(b"%s: %s\r\n" % field)
+        if not self.keep_alive:
+            out.append(b"connection: close\r\n")
+        elif request.http_version == b"1.0":
+            out.append(b"connection: keep-alive\r\n")
+        out.append(trusted)
+        out.append(b"\r\n")
+        if body and request.method != b"HEAD" and status != 304 and status != 204:
+            out.append(body)
+        self.our_state = DONE if self.keep_alive else MUST_CLOSE
+        return b"".join(out)
 
     def start_next_cycle(self) -> list:
         """After a complete exchange on a kept-alive connection: parse what is buffered."""
         if self.our_state is not DONE or self.their_state is not DONE:
             raise LocalProtocolError("the exchange is not complete, or the connection must close")
-        self._reset_cycle()
+        self.their_state = self.our_state = IDLE
+        self._body_kind = self._send_kind = ""
         self.request = None
+        if not self._buf and not self._eof:
+            return []
         try:
             return self._parse()
         except RemoteProtocolError:
@@ -518,7 +626,8 @@ class ClientConnection(_Connection):
         if kind is Request:
             if self.our_state is not IDLE:
                 raise LocalProtocolError("a request is already in progress")
-            if not re.fullmatch(_TOKEN, event.method) or re.search(rb"[\x00-\x20\x7f]", event.target):
+            if (not _TOKEN_RE.fullmatch(event.method) or not event.target
+                    or re.search(rb"[\x00-\x20\x7f]", event.target)):
                 raise LocalProtocolError("invalid method or target")
             self._method = event.method
             self._informational = 0
@@ -537,7 +646,7 @@ class ClientConnection(_Connection):
             return self._send_end(event.headers)
         raise LocalProtocolError(f"a client cannot send {kind.__name__}")
 
-    def _head_received(self, first: bytes, headers: Headers, events: list) -> None:
+    def _head_received(self, first: bytes, headers: Headers, special: dict, events: list) -> None:
         m = _STATUS_LINE.fullmatch(first)
         if m is None:
             raise RemoteProtocolError("malformed status line")
@@ -551,16 +660,16 @@ class ClientConnection(_Connection):
                 raise RemoteProtocolError("too many informational responses")
             events.append(InformationalResponse(status, headers, reason or b"", version))
             return                                    # still IDLE: the real response follows
-        connection = get_list(headers, b"connection")
+        connection = _items(special.get(b"connection"))
         if b"close" in connection or (version == b"1.0" and b"keep-alive" not in connection):
             self.keep_alive = False
         events.append(Response(status, headers, reason or b"", version))
         if self._method == b"HEAD" or status in (204, 304):
             self._body_kind, self._left = "length", 0
-            if get_list(headers, b"transfer-encoding") and status in (204, 304):
+            if b"transfer-encoding" in special and status in (204, 304):
                 raise RemoteProtocolError("a body-less response with Transfer-Encoding")
         else:
-            self._body_framing(headers, version, may_close_delimit=True)
+            self._body_framing(special, version, may_close_delimit=True)
         self.their_state = BODY
 
     def start_next_cycle(self) -> list:

@@ -62,8 +62,8 @@ class _Exchange:
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         code, _, reason = status.partition(" ")
-        if len(code) != 3 or not code.isdigit():
-            raise ValueError(f"bad status {status!r}")
+        if len(code) != 3 or not code.isdigit() or any(c < " " or c == "\x7f" for c in reason):
+            raise ValueError(f"bad status {status!r}")     # a CRLF here would inject headers
         converted = []
         for name, value in headers:
             if "\r" in value or "\n" in value or "\0" in value or "\r" in name or "\n" in name:
@@ -165,7 +165,7 @@ class WSGIHandler(HTTPServerHandler):
         if it is None or self.closing:
             return
         try:
-            while self.write_buffer_size <= self.high_water:
+            while self.write_buffer_size <= self.high_water and not self.closing:
                 chunk = next(it, None)
                 if chunk is None:
                     self._finish()
@@ -240,6 +240,12 @@ class WSGIHandler(HTTPServerHandler):
             self.conn.keep_alive = False
             self.respond(500, [(b"content-type", b"text/plain")], b"Internal Server Error\n")
 
+    def handle_close(self) -> None:
+        """The connection ended, maybe mid-response: the iterable's close() still runs."""
+        self._iter = self._pending = None
+        self._close_result()
+        super().handle_close()
+
     # -- the thread pool ------------------------------------------------------------------------
 
     def _deliver(self, future: Future) -> None:
@@ -260,7 +266,11 @@ class WSGIHandler(HTTPServerHandler):
 def _run_collected(app: WSGIApp, environ: dict) -> tuple:
     """In a worker thread: run the app and collect its whole response."""
     written: list[bytes] = []
-    exchange = _Exchange(written.append)
+
+    def write(data: bytes) -> None:
+        exchange.head_sent = True            # as far as the app can tell, the head went out
+        written.append(data)
+    exchange = _Exchange(write)
     result = app(environ, exchange.start_response)
     size = 0
     try:

@@ -97,6 +97,9 @@ class Reactor:
                             and hasattr(select, "epoll") and isinstance(poller, select.epoll) else None)
         self._by_fd: dict[int, EventHandler] = {}      # registered descriptors -> handlers
         self._clock = clock
+        # The clock read once per turn, right after select: handlers that stamp deadlines on
+        # every request read this attribute instead of calling the clock.
+        self.now = clock()
         self._handlers: set[EventHandler] = set()
         self._dirty: set[EventHandler] = set()
         self._timers = TimerHeap()
@@ -328,6 +331,7 @@ class Reactor:
                 events = [(key.fd, (_EPOLLIN if mask & READ else 0) | (_EPOLLOUT if mask & WRITE else 0))
                           for key, mask in self._selector.select(timeout)]
             self._turns += 1
+            self.now = clock()
             if events:
                 # Any bit but OUT (HUP, ERR) also wakes a reader, any bit but IN a writer, within
                 # the registered interest (selectors' own rule).
@@ -361,7 +365,7 @@ class Reactor:
                 if slowest_h is not None:
                     self._slowest = (slowest, slowest_h)
             if timers._heap:
-                for timer in timers.pop_due(clock()):
+                for timer in timers.pop_due(self.now):
                     if not timer.cancelled:         # an earlier timer of this turn may cancel it
                         self._run_callback(timer.callback, timer.args)
             if ready:

@@ -37,3 +37,17 @@ def test_scaling_benchmark_holds_idle_connections():
     assert [row["idle"] for row in rows] == [0, 100]
     for row in rows:
         assert row["ours"]["rt_per_s"] > 0 and row["asyncio"]["rt_per_s"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_http_benchmark_measures_all_four_servers():
+    rows = run_json("benchmarks.http", "--cases", "ka10,close10")
+    assert [row["case"] for row in rows] == ["ka10", "close10"]
+    assert set(rows[0]["servers"]) == {"ours-raw", "ours-wsgi", "asyncio", "wsgiref"}
+    assert set(rows[1]["servers"]) == {"ours-raw", "asyncio", "wsgiref"}
+    for row in rows:
+        for name, server in row["servers"].items():
+            assert server["req_per_s"] > 0, name
+            assert server["non2xx"] == 0, name
+        assert row["ratios"] and all(value > 0 for value in row["ratios"].values())
+    assert rows[1]["servers"]["ours-raw"]["connects_per_s"] > 0
