@@ -143,6 +143,8 @@ class PathDispatcher:
     def _find(self, method: str, path: str) -> tuple[WSGIApp | None, dict, list[str], bool]:
         allowed: set[str] = set()
         static = self._static.get(path)
+        if static is not None and (app := static.apps.get(method)) is not None:
+            return app, {}, [], False           # the common case, without building a list
         for route in ([static] if static else []) + self._patterns:
             if (params := route.match(path)) is None:
                 continue

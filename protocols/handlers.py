@@ -280,7 +280,7 @@ class HTTPServerHandler(StreamHandler):
         """One timer per connection: re-armed only when the new deadline is earlier than the
         armed one; a timer that fires early looks at the current phase and re-arms."""
         timer = self._deadline_timer
-        if timer is not None and timer.active:
+        if timer is not None:                # cleared when it fires
             if timer.when <= deadline:
                 return
             timer.cancel()

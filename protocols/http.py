@@ -312,8 +312,8 @@ class _Connection:
 
     def _body_framing(self, special: dict, http_version: bytes, may_close_delimit: bool) -> None:
         """Decide how the body that follows this head is framed (RFC 9112 6.3)."""
-        codings = _items(special.get(b"transfer-encoding"))
-        length = self._content_length(special.get(b"content-length"))
+        codings = _items(special[b"transfer-encoding"]) if b"transfer-encoding" in special else ()
+        length = self._content_length(special[b"content-length"]) if b"content-length" in special else None
         if codings:
             if length is not None:
                 raise RemoteProtocolError("both Content-Length and Transfer-Encoding")
@@ -514,7 +514,7 @@ class ServerConnection(_Connection):
         hosts = special.get(b"host")
         if (hosts and len(hosts) > 1) or (version == b"1.1" and not hosts):
             raise RemoteProtocolError("a Host header is required, once")
-        connection = _items(special.get(b"connection"))
+        connection = _items(special[b"connection"]) if b"connection" in special else ()
         if version == b"1.1":
             self.keep_alive = b"close" not in connection
         else:

@@ -39,6 +39,10 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
+# (name, value) as the app gives them -> (name, value) as sent, checked once: most responses
+# repeat the same few headers.  Bounded, so varied values cannot grow it.
+_converted: dict[tuple[str, str], tuple] = {}
+
 
 class _Exchange:
     """One request's start_response state, shared by the app and the handler."""
@@ -65,15 +69,22 @@ class _Exchange:
         if len(code) != 3 or not code.isdigit() or any(c < " " or c == "\x7f" for c in reason):
             raise ValueError(f"bad status {status!r}")     # a CRLF here would inject headers
         converted = []
-        for name, value in headers:
-            if "\r" in value or "\n" in value or "\0" in value or "\r" in name or "\n" in name:
-                raise ValueError(f"CR/LF in header {name!r}")
-            lower = name.lower()
-            if lower in _HOP_BY_HOP:
-                continue                    # framing is the server's business (PEP 3333)
-            if lower == "content-length":
+        cache = _converted
+        for field in headers:
+            done = cache.get(field)
+            if done is None:
+                name, value = field
+                if "\r" in value or "\n" in value or "\0" in value or "\r" in name or "\n" in name:
+                    raise ValueError(f"CR/LF in header {name!r}")
+                lower = name.lower()
+                done = () if lower in _HOP_BY_HOP else (lower.encode("latin-1"), value.encode("latin-1"))
+                if len(cache) < 4096:
+                    cache[field] = done
+            if not done:
+                continue                    # hop-by-hop: framing is the server's business
+            if done[0] == b"content-length":
                 self.length_given = True
-            converted.append((lower.encode("latin-1"), value.encode("latin-1")))
+            converted.append(done)
         self.status, self.headers = (int(code), reason.encode("latin-1")), converted
         return self.write
 
@@ -117,7 +128,7 @@ class WSGIHandler(HTTPServerHandler):
             target = urllib.parse.urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
         path, _, query = target.partition("?")
         env["REQUEST_METHOD"] = request.method.decode("latin-1")
-        env["PATH_INFO"] = urllib.parse.unquote_to_bytes(path).decode("latin-1")
+        env["PATH_INFO"] = urllib.parse.unquote_to_bytes(path).decode("latin-1") if "%" in path else path
         env["QUERY_STRING"] = query
         env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode()
         env["wsgi.input"] = io.BytesIO(body)
