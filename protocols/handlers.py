@@ -104,6 +104,8 @@ class HTTPServerHandler(StreamHandler):
         self._handling = False               # inside _handle: a finished response only flags
         self._next_cycle = False             # ... that the next cycle is due (no recursion)
         self._cycle_deferred = False         # the next cycle waits for the peer to read
+        self._timeouts = {"idle": self.keep_alive_timeout, "head": self.header_timeout,
+                          "body": self.body_timeout, "app": None}
         self._stamp()
 
     # -- what applications override and call ------------------------------------------------------
@@ -263,18 +265,9 @@ class HTTPServerHandler(StreamHandler):
     def _stamp(self) -> None:
         """The current phase starts now: arm its deadline (none while the app answers)."""
         now = self._phase_since = self.reactor.now
-        timeout = self._timeout(self._phase)
+        timeout = self._timeouts[self._phase]
         if timeout is not None:
             self._arm(now + timeout)
-
-    def _timeout(self, phase: str) -> float | None:
-        if phase == "idle":
-            return self.keep_alive_timeout
-        if phase == "head":
-            return self.header_timeout
-        if phase == "body":
-            return self.body_timeout
-        return None
 
     def _arm(self, deadline: float) -> None:
         """One timer per connection: re-armed only when the new deadline is earlier than the
@@ -290,7 +283,7 @@ class HTTPServerHandler(StreamHandler):
         self._deadline_timer = None
         if self.closing:
             return
-        timeout = self._timeout(self._phase)
+        timeout = self._timeouts[self._phase]
         if timeout is None or self._phase_since is None:   # the application is answering
             self._arm(self.reactor.time() + self.keep_alive_timeout)
             return

@@ -519,7 +519,10 @@ class ServerConnection(_Connection):
             self.keep_alive = b"close" not in connection
         else:
             self.keep_alive = b"keep-alive" in connection
-        self._body_framing(special, version, may_close_delimit=False)
+        if b"content-length" in special or b"transfer-encoding" in special:
+            self._body_framing(special, version, may_close_delimit=False)
+        else:                                     # no body: the common GET
+            self._body_kind, self._left, self._received = "length", 0, 0
         self.request = Request(method, target, headers, version)
         events.append(self.request)
         self.they_are_waiting_for_100_continue = version == b"1.1" and b"expect" in special and (
