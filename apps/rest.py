@@ -126,11 +126,8 @@ def get(environ, start_response):
 
 
 def post(environ, start_response):
-    form_fields = {}
-    for name, values in environ.get("params.all", {}).items():
-        from_form = [v for v in values if v not in _args(environ).get(name, ())]
-        if from_form:
-            form_fields[name] = from_form[0] if len(from_form) == 1 else from_form
+    form_fields = {name: values[0] if len(values) == 1 else values
+                   for name, values in environ.get("params.form", {}).items()}
     files = {name: [_file_repr(f) for f in fs] for name, fs in environ.get("files", {}).items()}
     files = {name: v[0] if len(v) == 1 else v for name, v in files.items()}
     length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -23,6 +23,7 @@ Matching happens before any body is read, so 404/405 cost nothing.  Then the app
     environ["params"]        {name: first value}, as the recipe's params.getvalue() for one value
     environ["params.all"]    {name: [values]}: form-body values first, then query values
                              (the order cgi.FieldStorage used for urlencoded POSTs)
+    environ["params.form"]   {name: [values]} from the form body alone
     environ["files"]         {name: [forms.UploadedFile]} from a multipart body
 A form body is consumed from wsgi.input; any other body type is left for the app to read.
 PATH_INFO and QUERY_STRING arrive as latin-1 "bytes as str" (PEP 3333); they are re-read as
@@ -183,6 +184,7 @@ class PathDispatcher:
         environ["route.params"] = route_params
         environ["params.all"] = merged
         environ["params"] = {name: values[0] for name, values in merged.items()}
+        environ["params.form"] = fields
         environ["files"] = files
         if head_via_get:
             return _head_via_get(app, environ, start_response)
