@@ -21,14 +21,12 @@
 import dataclasses
 import errno
 import glob
-import hashlib
 import json
 import logging
 import math
 import os
 import re
 import resource
-import select
 import shutil
 import socket
 import subprocess
@@ -377,34 +375,9 @@ class WrkClient:
 
 
 def build_c_client() -> CHTTPClient | None:
-    """Compile http_client.c (cached by source hash); None if there is no compiler or it fails."""
-    if not hasattr(select, "epoll"):
-        log.info("no epoll here; the C client needs it")
-        return None
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.info("no C compiler on PATH")
-        return None
-    source = C_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
-    cache = _load._cache_dir()
-    binary = cache / f"http_client-{digest}"
-    if not binary.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".http_client-{digest}-{os.getpid()}"
-        cmd = [compiler, "-O2", "-Wall", "-o", str(tmp), str(C_SOURCE)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("compiling %s failed: %s", C_SOURCE.name, exc)
-            return None
-        if done.returncode != 0:
-            log.warning("compiling %s failed:\n%s", C_SOURCE.name, done.stderr.strip())
-            tmp.unlink(missing_ok=True)
-            return None
-        os.replace(tmp, binary)
-        log.info("compiled %s into %s", C_SOURCE.name, binary)
-    return CHTTPClient(binary, os.path.basename(compiler))
+    """The compiled http_client.c, or None."""
+    built = _load.compile_c(C_SOURCE)
+    return CHTTPClient(*built) if built else None
 
 
 def make_client(kind: str = "auto") -> WrkClient | CHTTPClient | PythonHTTPClient:

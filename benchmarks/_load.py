@@ -276,8 +276,9 @@ def _cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"reactor-benchmarks-{os.getuid()}"
 
 
-def build_c_client() -> CClient | None:
-    """Compile echo_client.c (cached by source hash); None if there is no compiler or it fails."""
+def compile_c(source: Path) -> tuple[Path, str] | None:
+    """Compile a C load client (cached by source hash): (binary, compiler name), or None if
+    there is no epoll, no compiler, or the compile fails."""
     if not hasattr(select, "epoll"):
         log.info("no epoll here; the C client needs it")
         return None
@@ -285,26 +286,31 @@ def build_c_client() -> CClient | None:
     if compiler is None:
         log.info("no C compiler on PATH")
         return None
-    source = C_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source.read_bytes() + compiler.encode()).hexdigest()[:16]
     cache = _cache_dir()
-    binary = cache / f"echo_client-{digest}"
+    binary = cache / f"{source.stem}-{digest}"
     if not binary.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".echo_client-{digest}-{os.getpid()}"
-        cmd = [compiler, "-O2", "-Wall", "-o", str(tmp), str(C_SOURCE)]
+        tmp = cache / f".{source.stem}-{digest}-{os.getpid()}"
+        cmd = [compiler, "-O2", "-Wall", "-o", str(tmp), str(source)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("compiling %s failed: %s", C_SOURCE.name, exc)
+            log.warning("compiling %s failed: %s", source.name, exc)
             return None
         if done.returncode != 0:
-            log.warning("compiling %s failed:\n%s", C_SOURCE.name, done.stderr.strip())
+            log.warning("compiling %s failed:\n%s", source.name, done.stderr.strip())
             tmp.unlink(missing_ok=True)
             return None
         os.replace(tmp, binary)
-        log.info("compiled %s into %s", C_SOURCE.name, binary)
-    return CClient(binary, os.path.basename(compiler))
+        log.info("compiled %s into %s", source.name, binary)
+    return binary, os.path.basename(compiler)
+
+
+def build_c_client() -> CClient | None:
+    """The compiled echo_client.c, or None."""
+    built = compile_c(C_SOURCE)
+    return CClient(*built) if built else None
 
 
 def make_client(kind: str = "auto") -> PythonClient | CClient:
