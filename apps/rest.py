@@ -171,11 +171,13 @@ def cookies(environ, start_response):
 def cookies_set(environ, start_response):
     jar = http.cookies.SimpleCookie()
     for name, value in _args(environ).items():
+        value = value if isinstance(value, str) else value[-1]
         try:
-            jar[name] = value if isinstance(value, str) else value[-1]
+            (name + value).encode("latin-1")           # a header carries latin-1 only
+            jar[name] = value
             jar[name]["path"] = "/"
-        except http.cookies.CookieError:
-            return _json(start_response, {"error": f"bad cookie name {name!r}"}, "400 Bad Request")
+        except (http.cookies.CookieError, UnicodeEncodeError):
+            return _json(start_response, {"error": f"bad cookie {name!r}"}, "400 Bad Request")
     set_cookie = [("Set-Cookie", morsel.OutputString()) for morsel in jar.values()]
     start_response("302 Found", [("Location", "/cookies"), ("Content-Type", "text/plain"), *set_cookie])
     return [b"Redirecting to /cookies\n"]

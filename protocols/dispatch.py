@@ -160,7 +160,7 @@ class PathDispatcher:
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         """Dispatch on (REQUEST_METHOD upper-cased, PATH_INFO)."""
-        method = environ["REQUEST_METHOD"].upper()
+        method = environ["REQUEST_METHOD"]          # case-sensitive (RFC 9110 9.1)
         head = method == "HEAD"
         path = _text(environ.get("PATH_INFO") or "/")
         app, route_params, allowed, head_via_get = self._find(method, path)

@@ -127,9 +127,12 @@ def parse_options_header(value: str) -> tuple[str, dict[str, str]]:
 
 def _check_charset(charset: str) -> str:
     try:
-        return codecs.lookup(charset).name
+        info = codecs.lookup(charset)
     except LookupError:
         raise _bad(f"unknown charset {charset[:40]!r}") from None
+    if not getattr(info, "_is_text_encoding", True):        # base64, rot13, zlib...
+        raise _bad(f"not a text charset: {charset[:40]!r}")
+    return info.name
 
 
 def _decode_ext_value(value: str) -> str:

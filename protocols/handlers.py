@@ -15,7 +15,7 @@ from reactor.timers import Timer
 
 from .base import LocalProtocolError, RemoteProtocolError
 from .framing import MAX_LINE, LineFramer
-from .http import (DONE, IDLE, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
+from .http import (DONE, IDLE, MUST_CLOSE, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
                    Request, Response, ServerConnection, reason_phrase)
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class HTTPServerHandler(StreamHandler):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive_timeout: float = 15.0
+    send_timeout: float = 30.0              # a response that stops moving this long: reset
     max_pipelined: int = 64 * 1024          # unparsed bytes held before reading pauses
     limits: dict = {}                        # ServerConnection limits (max_body, ...)
 
@@ -105,7 +106,8 @@ class HTTPServerHandler(StreamHandler):
         self._next_cycle = False             # ... that the next cycle is due (no recursion)
         self._cycle_deferred = False         # the next cycle waits for the peer to read
         self._timeouts = {"idle": self.keep_alive_timeout, "head": self.header_timeout,
-                          "body": self.body_timeout, "app": None}
+                          "body": self.body_timeout, "app": self.send_timeout}
+        self._progress = -1                  # bytes_out when the app phase was last checked
         self._stamp()
 
     # -- what applications override and call ------------------------------------------------------
@@ -156,7 +158,9 @@ class HTTPServerHandler(StreamHandler):
             self._phase, self._phase_since = "head", None
         if self._phase_since is None:
             self._stamp()
-        if self.conn.their_state is DONE and self.conn.trailing_data > self.max_pipelined:
+        state = self.conn.their_state
+        if (state is DONE and self.conn.trailing_data > self.max_pipelined
+                or state is MUST_CLOSE and self.conn.trailing_data):   # nothing more is parsed
             self._held = True
             self.pause_reading()
 
@@ -190,7 +194,10 @@ class HTTPServerHandler(StreamHandler):
                 self._phase, self._phase_since = "app", None
                 body = b"".join(self._body) if self._body else b""
                 self._body = []
-                self.request_received(self._request, body)
+                try:
+                    self.request_received(self._request, body)
+                except Exception as exc:
+                    self._application_error(exc)
                 return                       # nothing more is parsed until the response ends
             elif kind is ConnectionClosed:
                 self.close()
@@ -227,6 +234,17 @@ class HTTPServerHandler(StreamHandler):
     def _resume_cycle(self) -> None:
         if not self.closing:
             self._handle(self._start_next_cycle())
+
+    def _application_error(self, exc: Exception) -> None:
+        """request_received raised: a 500 if no byte of the response went out, else a reset."""
+        log.error("%r: error while answering a request", self, exc_info=exc)
+        if self.closing:
+            return
+        if self.conn.our_state is IDLE:
+            self.conn.keep_alive = False
+            self.respond(500, [(b"content-type", b"text/plain")], b"Internal Server Error\n")
+        else:
+            self.abort()
 
     def _start_next_cycle(self) -> list:
         """Parse the next pipelined request, if its bytes are here."""
@@ -283,9 +301,21 @@ class HTTPServerHandler(StreamHandler):
         self._deadline_timer = None
         if self.closing:
             return
+        if self._phase == "app":
+            # The application is answering.  Fine while it thinks (nothing queued) or while the
+            # peer takes our bytes; a peer that stopped reading would hold the connection and
+            # its queued response forever.
+            if self.write_buffer_size and self.bytes_out == self._progress:
+                log.info("%r: peer stopped reading for %.0f s, resetting", self, self.send_timeout)
+                self._exc = TimeoutError("the peer stopped reading the response")
+                self.abort()
+                return
+            self._progress = self.bytes_out
+            self._arm(self.reactor.time() + self.send_timeout)
+            return
         timeout = self._timeouts[self._phase]
-        if timeout is None or self._phase_since is None:   # the application is answering
-            self._arm(self.reactor.time() + self.keep_alive_timeout)
+        if self._phase_since is None:
+            self._arm(self.reactor.time() + timeout)
             return
         deadline = self._phase_since + timeout
         if self.reactor.time() < deadline:

@@ -157,7 +157,7 @@ _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Cr
 
 
 # Header fields already checked by respond(): most responses repeat the same few.
-_valid_fields: set[tuple[bytes, bytes]] = set()
+_valid_fields: dict[tuple[bytes, bytes], bytes] = {}     # field -> its line as sent
 
 
 def _partial_terminator(buf: bytearray) -> int:
@@ -312,9 +312,15 @@ class _Connection:
 
     def _body_framing(self, special: dict, http_version: bytes, may_close_delimit: bool) -> None:
         """Decide how the body that follows this head is framed (RFC 9112 6.3)."""
-        codings = _items(special[b"transfer-encoding"]) if b"transfer-encoding" in special else ()
+        has_te = b"transfer-encoding" in special
+        codings = _items(special[b"transfer-encoding"]) if has_te else ()
         length = self._content_length(special[b"content-length"]) if b"content-length" in special else None
-        if codings:
+        if has_te:                          # present at all, even empty: it decides (RFC 9112 6.1)
+            if not codings or any(not item.strip() for value in special[b"transfer-encoding"]
+                                  for item in value.split(b",")):
+                # empty list elements are legal (RFC 9110 5.6.1) but not worth a framing
+                # disagreement with a front-end: Transfer-Encoding is taken exactly or refused
+                raise RemoteProtocolError("empty Transfer-Encoding element")
             if length is not None:
                 raise RemoteProtocolError("both Content-Length and Transfer-Encoding")
             if http_version == b"1.0":
@@ -447,23 +453,36 @@ class _Connection:
         return out
 
     def _send_framing(self, headers: Headers, http_version: bytes, no_body: bool) -> Headers:
-        """Choose how our body is framed; returns the headers to send (framing fixed up)."""
-        length = get_header(headers, b"content-length")
-        if no_body:
-            self._send_kind, self._send_left = "none", 0
-        elif length is not None:
+        """Choose how our body is framed; returns the headers to send.  Names are lower-cased;
+        Transfer-Encoding and Connection are the framer's to write (an application's are taken
+        as wishes: close is honoured); two Content-Lengths that differ, or one with
+        Transfer-Encoding, are refused."""
+        headers = [(name.lower(), value) for name, value in headers]
+        lengths = {value for name, value in headers if name == b"content-length"}
+        codings = [value for name, value in headers if name == b"transfer-encoding"]
+        if len(lengths) > 1 or (lengths and codings):
+            raise LocalProtocolError("conflicting Content-Length / Transfer-Encoding")
+        if b"close" in get_list(headers, b"connection"):
+            self.keep_alive = False
+        headers = [(name, value) for name, value in headers
+                   if name != b"transfer-encoding" and name != b"connection"]
+        if lengths:
+            length = next(iter(lengths))
             if not _DIGITS.fullmatch(length):
                 raise LocalProtocolError("bad Content-Length")
-            self._send_kind, self._send_left = "length", int(length)
-        elif get_list(headers, b"transfer-encoding") == [b"chunked"] or http_version == b"1.1":
+            headers = [(n, v) for n, v in headers if n != b"content-length"] + [(b"content-length", length)]
+        if no_body:
+            self._send_kind, self._send_left = "none", 0
+        elif lengths:
+            self._send_kind, self._send_left = "length", int(next(iter(lengths)))
+        elif http_version == b"1.1":
             self._send_kind = "chunked"
-            if not get_list(headers, b"transfer-encoding"):
-                headers = headers + [(b"transfer-encoding", b"chunked")]
+            headers.append((b"transfer-encoding", b"chunked"))
         else:
             self._send_kind = "close"
             self.keep_alive = False
-        if not self.keep_alive and b"close" not in get_list(headers, b"connection"):
-            headers = [(k, v) for k, v in headers if k != b"connection"] + [(b"connection", b"close")]
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
         return headers
 
     def _send_data(self, data: bytes) -> bytes:
@@ -540,6 +559,8 @@ class ServerConnection(_Connection):
                 raise LocalProtocolError("no request to respond to")
             self.they_are_waiting_for_100_continue = False
             status = event.status_code
+            if not 200 <= status <= 999:
+                raise LocalProtocolError("a final response needs a status of 200 or more")
             if self.their_state is not DONE and self.their_state is not MUST_CLOSE:
                 self.keep_alive = False       # answered before the body was read: cannot reuse
             no_body = self.request.method == b"HEAD" or status in (204, 304) or status < 200
@@ -573,26 +594,33 @@ class ServerConnection(_Connection):
             self.keep_alive = False
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status, reason) if reason
                                             else _REASONS.get(status, b""))]
-        if status != 204:
+        head_only = request.method == b"HEAD" or status == 304
+        if status != 204 and (body or not head_only):
             out.append(b"content-length: %d\r\n" % len(body))
         valid = _valid_fields
         for field in headers:
-            if field not in valid:
+            sent = valid.get(field)
+            if sent is None:
                 name, value = field
                 if not _TOKEN_RE.fullmatch(name) or _FIELD_VALUE_BAD.search(value):
                     raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+                name = name.lower()
                 if name == b"content-length" or name == b"transfer-encoding":
                     raise LocalProtocolError("respond() frames the body itself")
+                sent = b"" if name == b"connection" else b"%s: %s\r\n" % (name, value)
                 if len(valid) < 4096:
-                    valid.add(field)
-            out.append(b"%s: %s\r\n" % field)
+                    valid[field] = sent
+            if sent:
+                out.append(sent)
+            elif b"close" in _items([field[1]]):
+                self.keep_alive = False             # the caller's Connection: close is honoured
         if not self.keep_alive:
             out.append(b"connection: close\r\n")
         elif request.http_version == b"1.0":
             out.append(b"connection: keep-alive\r\n")
         out.append(trusted)
         out.append(b"\r\n")
-        if body and request.method != b"HEAD" and status != 304 and status != 204:
+        if body and not head_only and status != 204:
             out.append(body)
         self.our_state = DONE if self.keep_alive else MUST_CLOSE
         return b"".join(out)
@@ -629,6 +657,8 @@ class ClientConnection(_Connection):
         if kind is Request:
             if self.our_state is not IDLE:
                 raise LocalProtocolError("a request is already in progress")
+            if event.http_version not in (b"1.0", b"1.1"):
+                raise LocalProtocolError("HTTP version must be 1.0 or 1.1")
             if (not _TOKEN_RE.fullmatch(event.method) or not event.target
                     or re.search(rb"[\x00-\x20\x7f]", event.target)):
                 raise LocalProtocolError("invalid method or target")

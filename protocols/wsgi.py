@@ -66,8 +66,10 @@ class _Exchange:
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         code, _, reason = status.partition(" ")
-        if len(code) != 3 or not code.isdigit() or any(c < " " or c == "\x7f" for c in reason):
-            raise ValueError(f"bad status {status!r}")     # a CRLF here would inject headers
+        if (len(code) != 3 or not code.isdigit() or code < "200"
+                or any(c < " " or c == "\x7f" for c in reason)):
+            # 1xx is the server's business; a CRLF in the reason would inject headers
+            raise ValueError(f"bad status {status!r}")
         converted = []
         cache = _converted
         for field in headers:
@@ -164,10 +166,11 @@ class WSGIHandler(HTTPServerHandler):
         exchange = self._exchange = _Exchange(self._legacy_write)
         try:
             result = self.app(environ, exchange.start_response)
+            self._result = result
+            self._iter = iter(result)
         except Exception as exc:
             self._app_failed(exc)
             return
-        self._iter, self._result = iter(result), result
         self._pump()
 
     def _pump(self) -> None:
@@ -262,6 +265,7 @@ class WSGIHandler(HTTPServerHandler):
     def _deliver(self, future: Future) -> None:
         if self.closing:
             return
+        self._exchange = None                # this request's, not the previous one's
         try:
             status, headers, chunks = future.result()
         except Exception as exc:
@@ -277,20 +281,21 @@ class WSGIHandler(HTTPServerHandler):
 def _run_collected(app: WSGIApp, environ: dict) -> tuple:
     """In a worker thread: run the app and collect its whole response."""
     written: list[bytes] = []
+    size = 0
 
     def write(data: bytes) -> None:
+        nonlocal size
         exchange.head_sent = True            # as far as the app can tell, the head went out
+        size += len(data)
+        if size > MAX_THREADED_BODY:
+            raise RuntimeError("response body too large for a threaded app")
         written.append(data)
     exchange = _Exchange(write)
     result = app(environ, exchange.start_response)
-    size = 0
     try:
         for chunk in result:
             if chunk:
-                size += len(chunk)
-                if size > MAX_THREADED_BODY:
-                    raise RuntimeError("response body too large for a threaded app")
-                written.append(chunk)
+                write(chunk)
     finally:
         close = getattr(result, "close", None)
         if close is not None:

@@ -137,8 +137,10 @@ def test_recipe_hello_by_post_form(recipe):
 
 
 @pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
-def test_method_is_upper_cased(recipe):
-    assert call(recipe, "get", "/hello", "name=x")[0] == "200 OK"
+def test_method_is_case_sensitive(recipe):
+    """RFC 9110 9.1: "get" is not GET (and the HTTP layer would not treat it as a GET either)."""
+    assert call(recipe, "GET", "/hello", "name=x")[0] == "200 OK"
+    assert call(recipe, "get", "/hello", "name=x")[0].startswith("405")
 
 
 # --- 404, 405, HEAD ---------------------------------------------------------------------------
