@@ -286,7 +286,9 @@ def compile_c(source: Path) -> tuple[Path, str] | None:
     if compiler is None:
         log.info("no C compiler on PATH")
         return None
-    digest = hashlib.sha256(source.read_bytes() + compiler.encode()).hexdigest()[:16]
+    shared = source.with_name("client_common.h")        # included by every C client
+    digest = hashlib.sha256(source.read_bytes() + shared.read_bytes()
+                            + compiler.encode()).hexdigest()[:16]
     cache = _cache_dir()
     binary = cache / f"{source.stem}-{digest}"
     if not binary.exists():

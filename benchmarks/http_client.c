@@ -59,57 +59,7 @@ static size_t request_len;
 static int ep;
 static long errors, non2xx;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(2);
-}
-
-static long long cpu_ticks(int pid)
-{
-    char path[64], data[4096];
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(data, 1, sizeof data - 1, f);
-    fclose(f);
-    data[n] = 0;
-    char *p = strrchr(data, ')');      /* comm may hold spaces and parentheses */
-    if (!p)
-        return -1;
-    p += 2;                            /* now at field 3 (state) */
-    for (int i = 0; i < 11; i++) {     /* skip fields 3..13 to reach 14 (utime) */
-        p = strchr(p, ' ');
-        if (!p)
-            return -1;
-        p++;
-    }
-    unsigned long long ut, st;
-    if (sscanf(p, "%llu %llu", &ut, &st) != 2)
-        return -1;
-    return (long long)(ut + st);
-}
-
-static long long run_delay_ns(void)
-{
-    unsigned long long run, delay;
-    FILE *f = fopen("/proc/self/schedstat", "r");
-    if (!f)
-        return -1;
-    int n = fscanf(f, "%llu %llu", &run, &delay);
-    fclose(f);
-    return n == 2 ? (long long)delay : -1;
-}
+#include "client_common.h"
 
 static void set_events(struct conn *c, uint32_t events)
 {

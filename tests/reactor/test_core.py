@@ -34,6 +34,19 @@ class CountingSelector(selectors.DefaultSelector):
         return super().unregister(fileobj)
 
 
+class Reading(EventHandler):
+    """A recipe-style handler on one socket that always wants to receive."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def wants_to_receive(self):
+        return True
+
+
 class Echo(StreamHandler):
     asked = 0
     reports_wants_changes = False          # make the reactor re-read wants after each event
@@ -152,16 +165,7 @@ def test_exception_closes_only_that_handler_and_logs_once(reactor, caplog):
 def test_handle_close_runs_once_whatever_the_path(reactor):
     closes = []
 
-    class H(EventHandler):
-        def __init__(self, sock):
-            self.sock = sock
-
-        def fileno(self):
-            return self.sock.fileno()
-
-        def wants_to_receive(self):
-            return True
-
+    class H(Reading):
         def handle_close(self):
             closes.append(self)
             self.sock.close()
@@ -179,15 +183,10 @@ def test_handle_close_runs_once_whatever_the_path(reactor):
 def test_handler_removed_earlier_in_the_turn_is_not_dispatched(reactor):
     calls = []
 
-    class H(EventHandler):
+    class H(Reading):
         def __init__(self, sock, name):
-            self.sock, self.name, self.victim = sock, name, None
-
-        def fileno(self):
-            return self.sock.fileno()
-
-        def wants_to_receive(self):
-            return True
+            super().__init__(sock)
+            self.name, self.victim = name, None
 
         def handle_receive(self):
             calls.append(self.name)
@@ -207,15 +206,8 @@ def test_handler_removed_earlier_in_the_turn_is_not_dispatched(reactor):
 
 
 def test_stale_descriptor_is_evicted_when_the_number_is_reused(reactor, caplog):
-    class Careless(EventHandler):                 # closes its socket but never leaves
-        def __init__(self, sock):
-            self.sock = sock
-
-        def fileno(self):
-            return self.sock.fileno()
-
-        def wants_to_receive(self):
-            return True
+    class Careless(Reading):                      # closes its socket but never leaves
+        pass
 
     a, b = socket.socketpair()
     stale = reactor.add(Careless(a))
