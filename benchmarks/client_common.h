@@ -4,9 +4,11 @@
 #ifndef CLIENT_COMMON_H
 #define CLIENT_COMMON_H
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 static double now(void)
@@ -59,6 +61,23 @@ static long long run_delay_ns(void)
     int n = fscanf(f, "%llu %llu", &run, &delay);
     fclose(f);
     return n == 2 ? (long long)delay : -1;
+}
+
+/* Send buf[*sent:len] until done or the kernel would block; -1 if the connection failed. */
+static int send_some(int fd, const unsigned char *buf, size_t len, size_t *sent)
+{
+    while (*sent < len) {
+        ssize_t k = send(fd, buf + *sent, len - *sent, MSG_NOSIGNAL);
+        if (k < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        *sent += (size_t)k;
+    }
+    return 0;
 }
 
 #endif

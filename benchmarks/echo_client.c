@@ -46,17 +46,8 @@ struct conn {
 /* Send what remains of the current message; ask for EPOLLOUT only while some is left. */
 static int send_rest(int ep, struct conn *c, size_t size)
 {
-    while (c->sent < size) {
-        ssize_t k = send(c->fd, c->msg[c->parity] + c->sent, size - c->sent, MSG_NOSIGNAL);
-        if (k < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        c->sent += (size_t)k;
-    }
+    if (send_some(c->fd, c->msg[c->parity], size, &c->sent) < 0)
+        return -1;
     int want = c->sent < size;
     if (want != c->sending) {
         struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};

@@ -111,17 +111,8 @@ static void start_connect(struct conn *c)
 /* Send what remains of the request; returns -1 when the connection failed. */
 static int send_rest(struct conn *c)
 {
-    while (c->sent < request_len) {
-        ssize_t k = send(c->fd, request + c->sent, request_len - c->sent, MSG_NOSIGNAL);
-        if (k < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        c->sent += (size_t)k;
-    }
+    if (send_some(c->fd, (const unsigned char *)request, request_len, &c->sent) < 0)
+        return -1;
     int want = c->sent < request_len;
     if (want != c->sending) {
         set_events(c, EPOLLIN | (want ? EPOLLOUT : 0));
