@@ -66,12 +66,15 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
-def _standard_fields(server: bytes) -> bytes:
-    """b"date: ...\\r\\nserver: ...\\r\\n", built once per second per server name."""
+def _standard_fields(server: bytes, _time=time.time) -> bytes:
+    """b"date: ...\\r\\nserver: ...\\r\\n", built once per second per server name (one call a
+    response: it runs for every request)."""
+    if int(_time()) == _date_cache[0]:
+        lines = _date_cache[2].get(server)
+        if lines is not None:
+            return lines
     date = http_date()
-    lines = _date_cache[2].get(server)
-    if lines is None:
-        lines = _date_cache[2][server] = b"date: %s\r\nserver: %s\r\n" % (date, server)
+    lines = _date_cache[2][server] = b"date: %s\r\nserver: %s\r\n" % (date, server)
     return lines
 
 
@@ -147,6 +150,13 @@ class HTTPServerHandler(StreamHandler):
     # -- moving bytes ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "idle":
+            # The common request (one whole body-less head in one read): straight to the
+            # application, without the event loop of _handle.  The core decides what qualifies.
+            request = self.conn.receive_simple(data)
+            if request is not None:
+                self._answer(request)
+                return
         try:
             events = self.conn.receive_data(data)
         except RemoteProtocolError as exc:
@@ -163,6 +173,24 @@ class HTTPServerHandler(StreamHandler):
                 or state is MUST_CLOSE and self.conn.trailing_data):   # nothing more is parsed
             self._held = True
             self.pause_reading()
+
+    def _answer(self, request: Request) -> None:
+        """request_received for a request that came whole, then the next cycle (as _handle)."""
+        self._request = request
+        self._phase, self._phase_since = "app", None
+        self._handling = True
+        try:
+            self.request_received(request, b"")
+        except Exception as exc:
+            self._application_error(exc)
+        self._handling = False
+        if self._next_cycle:
+            self._next_cycle = False
+            events = self._start_next_cycle()
+            if events:
+                self._handle(events)
+        if self._phase_since is None and not self.closing:
+            self._stamp()
 
     def _handle(self, events: list) -> None:
         """Process events.  A response that ends in here only flags the next cycle, which this
@@ -285,7 +313,9 @@ class HTTPServerHandler(StreamHandler):
         now = self._phase_since = self.reactor.now
         timeout = self._timeouts[self._phase]
         if timeout is not None:
-            self._arm(now + timeout)
+            timer = self._deadline_timer
+            if timer is None or timer.when > now + timeout:
+                self._arm(now + timeout)
 
     def _arm(self, deadline: float) -> None:
         """One timer per connection: re-armed only when the new deadline is earlier than the

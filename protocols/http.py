@@ -124,11 +124,20 @@ _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ 
 # A whole header block (each line with its CRLF) is validated by one regex and taken apart by
 # one findall: two C calls per head, whatever the number of fields.
 _HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r]*?)[ \t]*\r\n")
+# (Greedy, then one step back to the value's last non-blank byte: a lazy `*?` here costs a
+# retry at every byte of every value.)
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[^\r]*[^\r \t])?)[ \t]*\r\n")
 # The fields that decide framing and connection handling, collected in the same pass.
 _SPECIAL = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding", b"expect"})
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+# The common request, recognised by one C call: HTTP/1.1 and a valid header block; the field
+# loop of receive_simple() then hands anything with a field that changes framing or connection
+# handling (Content-Length, Transfer-Encoding, Connection, Expect) or without exactly one Host
+# to the general parser.  Everything it accepts the general parser accepts with the same result
+# (tests/protocols/test_http_fast.py checks that they agree).
+_SIMPLE_REQUEST = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.1\r\n(" + _HEADER_BLOCK.pattern
+                             + rb")\r\n")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -155,6 +164,8 @@ _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Cr
             503: b"Service Unavailable", 504: b"Gateway Timeout",
             505: b"HTTP Version Not Supported"}
 
+
+_STATUS_LINES: dict[int, bytes] = {}                       # status -> its line as respond() sends it
 
 # Header fields already checked by respond(): most responses repeat the same few.
 _valid_fields: dict[tuple[bytes, bytes], bytes] = {}     # field -> its line as sent
@@ -520,6 +531,41 @@ class ServerConnection(_Connection):
         self.request: Request | None = None
         self.they_are_waiting_for_100_continue = False
 
+    def receive_simple(self, data: bytes) -> Request | None:
+        """The common case in one call: if data is exactly one whole request with no body and
+        nothing is buffered, take it and return its Request (the exchange is then at
+        their_state DONE, as after Request and EndOfMessage events); otherwise take nothing and
+        return None, and the caller feeds data to receive_data()."""
+        if self.their_state is IDLE and not self._buf and len(data) <= self.max_header_bytes:
+            m = _SIMPLE_REQUEST.fullmatch(data)
+            if m is not None and m.start(3) - 2 <= self.max_request_line:
+                method, target, block = m.groups()
+                pairs = _FIELD.findall(block)
+                if len(pairs) <= self.max_headers:
+                    headers, hosts = [], 0
+                    for name, value in pairs:
+                        name = name.lower()
+                        if name in _SPECIAL:
+                            if name != b"host":
+                                return None
+                            hosts += 1
+                        headers.append((name, value))
+                    if hosts != 1:
+                        return None
+                    self.request = request = Request(method, target, headers)
+                    self.keep_alive = True
+                    self._body_kind, self._left, self._received = "length", 0, 0
+                    self.they_are_waiting_for_100_continue = False
+                    self.their_state = DONE
+                    return request
+        return None
+
+    def receive_data(self, data: bytes) -> list:
+        request = self.receive_simple(data)
+        if request is not None:
+            return [request, EndOfMessage([])]
+        return super().receive_data(data)
+
     def _head_received(self, first: bytes, headers: Headers, special: dict, events: list) -> None:
         if len(first) > self.max_request_line:
             raise RemoteProtocolError("request line too long", 414)
@@ -592,8 +638,15 @@ class ServerConnection(_Connection):
         self.they_are_waiting_for_100_continue = False
         if self.their_state is not DONE and self.their_state is not MUST_CLOSE:
             self.keep_alive = False
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status, reason) if reason
-                                            else _REASONS.get(status, b""))]
+        if reason:
+            out = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status, reason))]
+        else:
+            line = _STATUS_LINES.get(status)
+            if line is None:
+                line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+                if 200 <= status <= 999:
+                    _STATUS_LINES[status] = line
+            out = [line]
         head_only = request.method == b"HEAD" or status == 304
         if status != 204 and (body or not head_only):
             out.append(b"content-length: %d\r\n" % len(body))
