@@ -177,10 +177,13 @@ class PathDispatcher:
             log.debug("form rejected (%s): %s", exc.error_status_hint, exc)
             status = exc.error_status_hint
             return _plain(start_response, status, f"{_reason(status)}: {exc}", head)
-        merged: dict[str, list[str]] = {}
-        for source in (fields, query):
-            for name, values in source.items():
-                merged.setdefault(name, []).extend(values)
+        if fields:
+            merged: dict[str, list[str]] = {}
+            for source in (fields, query):
+                for name, values in source.items():
+                    merged.setdefault(name, []).extend(values)
+        else:
+            merged = query
         environ["route.params"] = route_params
         environ["params.all"] = merged
         environ["params"] = {name: values[0] for name, values in merged.items()}

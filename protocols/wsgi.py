@@ -42,6 +42,25 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 # (name, value) as the app gives them -> (name, value) as sent, checked once: most responses
 # repeat the same few headers.  Bounded, so varied values cannot grow it.
 _converted: dict[tuple[str, str], tuple] = {}
+_statuses: dict[str, tuple[int, bytes]] = {}       # "200 OK" -> (200, b"OK"), checked once
+
+
+# header name -> its environ key ("" for a field the environ leaves out), computed once a name.
+_environ_keys: dict[bytes, str] = {}
+
+
+def _environ_key(name: bytes) -> str:
+    if b"_" in name:                        # X_Forwarded vs X-Forwarded: both would be one key
+        key = ""
+    elif name == b"content-type":
+        key = "CONTENT_TYPE"
+    elif name == b"content-length" or name == b"transfer-encoding":
+        key = ""                            # the body is already decoded and counted
+    else:
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_environ_keys) < 4096:
+        _environ_keys[name] = key
+    return key
 
 
 class _Exchange:
@@ -65,11 +84,16 @@ class _Exchange:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        code, _, reason = status.partition(" ")
-        if (len(code) != 3 or not code.isdigit() or code < "200"
-                or any(c < " " or c == "\x7f" for c in reason)):
-            # 1xx is the server's business; a CRLF in the reason would inject headers
-            raise ValueError(f"bad status {status!r}")
+        parsed = _statuses.get(status)
+        if parsed is None:
+            code, _, reason = status.partition(" ")
+            if (len(code) != 3 or not code.isdigit() or code < "200"
+                    or any(c < " " or c == "\x7f" for c in reason)):
+                # 1xx is the server's business; a CRLF in the reason would inject headers
+                raise ValueError(f"bad status {status!r}")
+            parsed = (int(code), reason.encode("latin-1"))
+            if len(_statuses) < 1024:
+                _statuses[status] = parsed
         converted = []
         cache = _converted
         for field in headers:
@@ -87,7 +111,7 @@ class _Exchange:
             if done[0] == b"content-length":
                 self.length_given = True
             converted.append(done)
-        self.status, self.headers = (int(code), reason.encode("latin-1")), converted
+        self.status, self.headers = parsed, converted
         return self.write
 
 
@@ -135,15 +159,13 @@ class WSGIHandler(HTTPServerHandler):
         env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode()
         env["wsgi.input"] = io.BytesIO(body)
         env["CONTENT_LENGTH"] = str(len(body)) if body else ""
+        keys = _environ_keys
         for name, value in request.headers:
-            if b"_" in name:                 # X_Forwarded vs X-Forwarded: both would be the same key
+            key = keys.get(name)
+            if key is None:
+                key = _environ_key(name)
+            if not key:
                 continue
-            if name == b"content-type":
-                env["CONTENT_TYPE"] = value.decode("latin-1")
-                continue
-            if name == b"content-length" or name == b"transfer-encoding":
-                continue                     # the body is already decoded and counted
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
             value = value.decode("latin-1")
             if key in env:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value

@@ -291,3 +291,13 @@ def test_bad_multipart_header_fails_before_reading():
     environ = environ_for(b"x" * 10, "multipart/form-data; boundary=")
     assert status_of(lambda: parse_body(environ)) == 400
     assert environ["wsgi.input"].tell() == 0
+
+
+def test_unescaped_queries_parse_as_parse_qs_does():
+    """parse_query splits queries without '%' or '+' by hand: it must agree with parse_qs."""
+    import random
+    from urllib.parse import parse_qs
+    rng = random.Random(7)
+    for _ in range(3000):
+        qs = "".join(rng.choice("ab=&;é ") for _ in range(rng.randint(0, 12)))
+        assert parse_query(qs) == parse_qs(qs, keep_blank_values=True, separator="&"), qs
