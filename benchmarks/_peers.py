@@ -7,6 +7,7 @@
 # harness starts and stops both sides the same way. They run as their own process:
 #     python -m benchmarks._peers echo --host 127.0.0.1 --port 0
 #     python -m benchmarks._peers http --host 127.0.0.1 --port 0      (asyncio HTTP/1.1)
+#     python -m benchmarks._peers http-core --host 127.0.0.1 --port 0 (asyncio + our HTTP core)
 #     python -m benchmarks._peers wsgiref --host 127.0.0.1 --port 0   (Cookbook recipe 11.5)
 #
 # The HTTP peer is what a careful asyncio user writes without a framework: a Protocol with a
@@ -133,6 +134,43 @@ class HTTPProtocol(asyncio.Protocol):
         self.buffer = b""
 
 
+class CoreHTTPProtocol(asyncio.Protocol):
+    """asyncio's loop driving this project's own HTTP/1.1 core (protocols.http), answering as
+    benchmarks._ours_http does.  Against ours-raw it compares the two loops doing the same
+    HTTP work; against `asyncio` it shows what the strict parser costs over a minimal one."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        from protocols.http import ServerConnection
+        self.transport = transport
+        self.conn = ServerConnection()
+
+    def data_received(self, data: bytes) -> None:
+        from protocols.base import RemoteProtocolError
+        from protocols.http import DONE, EndOfMessage
+        conn = self.conn
+        out = []
+        try:
+            request = conn.receive_simple(data)
+            events = [request, None] if request is not None else conn.receive_data(data)
+            while events:
+                if request is not None or type(events[-1]) is EndOfMessage:
+                    out.append(conn.respond(200, [(b"content-type", b"text/plain")], HELLO, b"",
+                                            b"date: %s\r\nserver: %s\r\n" % (http_date(), SERVER_NAME)))
+                    if conn.our_state is not DONE:
+                        break
+                    request, events = None, conn.start_next_cycle()
+                else:
+                    break
+        except RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            out.append(_response(b"%d Error" % status, b"error\n", False, False))
+            conn.keep_alive = False
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if not conn.keep_alive:
+            self.transport.close()
+
+
 async def _serve(protocol, service: str, scheme: str, host: str, port: int,
                  stop: asyncio.Event) -> None:
     """Serve protocol until stop is set, printing the listening line once bound."""
@@ -178,14 +216,15 @@ def _serve_wsgiref(host: str, port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one peer server until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks._peers", description=__doc__)
-    parser.add_argument("service", choices=["echo", "http", "wsgiref"])
+    parser.add_argument("service", choices=["echo", "http", "http-core", "wsgiref"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     if args.service == "wsgiref":
         return _serve_wsgiref(args.host, args.port)
-    protocol, scheme = {"echo": (EchoProtocol, "tcp"), "http": (HTTPProtocol, "http")}[args.service]
+    protocol, scheme = {"echo": (EchoProtocol, "tcp"), "http": (HTTPProtocol, "http"),
+                        "http-core": (CoreHTTPProtocol, "http")}[args.service]
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

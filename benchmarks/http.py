@@ -5,6 +5,8 @@
 #   ours-wsgi  apps.rest: WSGI + PathDispatcher, recipe 11.5's app on our reactor
 #              (GET /hello?name=bench)
 #   asyncio    benchmarks._peers http: an asyncio Protocol with a minimal parser (GET /)
+#   asyncio-core  benchmarks._peers http-core: asyncio's loop driving our own HTTP core
+#              (protocols.http), so that against ours-raw only the loops differ (GET /)
 #   wsgiref    benchmarks._peers wsgiref: recipe 11.5's own server, wsgiref.simple_server with
 #              its backlog of 5, HTTP/1.0, one request per connection, one thread (GET /)
 #
@@ -35,13 +37,15 @@ SERVERS = {
     "ours-raw": (["-m", "benchmarks._ours_http"], "/"),
     "ours-wsgi": (["-m", "apps.rest"], "/hello?name=bench"),
     "asyncio": (["-m", "benchmarks._peers", "http"], "/"),
+    "asyncio-core": (["-m", "benchmarks._peers", "http-core"], "/"),
     "wsgiref": (["-m", "benchmarks._peers", "wsgiref"], "/"),
 }
 # (case id, connections, Connection: close)
 CASES = (("ka1", 1, False), ("ka10", 10, False), ("ka100", 100, False), ("close10", 10, True))
-CLOSE_SERVERS = ("ours-raw", "asyncio", "wsgiref")
-RATIOS = {False: (("ours-raw", "asyncio"), ("ours-wsgi", "asyncio"), ("ours-wsgi", "wsgiref")),
-          True: (("ours-raw", "asyncio"), ("ours-raw", "wsgiref"))}
+CLOSE_SERVERS = ("ours-raw", "asyncio", "asyncio-core", "wsgiref")
+RATIOS = {False: (("ours-raw", "asyncio"), ("ours-wsgi", "asyncio"), ("ours-wsgi", "wsgiref"),
+                  ("ours-raw", "asyncio-core")),
+          True: (("ours-raw", "asyncio"), ("ours-raw", "wsgiref"), ("ours-raw", "asyncio-core"))}
 PRIME_SECONDS = 0.5
 FD_MARGIN = 256
 
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(f"HTTP/1.1 GET over 127.0.0.1; {pinning}; client: {client.name}")
             for server in servers:
-                print(f"  {server.name + ':':<11} {' '.join(['python'] + server.argv[1:])}  "
+                print(f"  {server.name + ':':<13} {' '.join(['python'] + server.argv[1:])}  "
                       f"GET {paths[server.name]} ({checks[server.name]})")
             print(f"  {rounds} rounds per server and case, {duration:g} s each"
                   f"{'' if 'wrk' in client.name else f' after {warmup:g} s warm-up'}, alternating "
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                   "request; busy = server CPU / wall in the window, and the client's")
             print("  'new conn' cases send Connection: close, so req/s there is new connections/s; "
                   "wsgiref closes after every response in every case (HTTP/1.0)")
-            print(f"{'case':<20} {'server':<10} {'req/s':>10} {'us/req':>8} "
+            print(f"{'case':<20} {'server':<12} {'req/s':>10} {'us/req':>8} "
                   f"{'busy srv/cli':>13} {'errors':>7}")
             sys.stdout.flush()
         worst = 0.0
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors = s["errors"] + s["non2xx"] + s["unfinished"]
                 mark = (f" !{s['disturbed_rounds']}/{len(s['rounds'])}"
                         if s["disturbed_rounds"] else "")
-                print(f"{case_label(conns, close) if k == 0 else '':<20} {server.name:<10} "
+                print(f"{case_label(conns, close) if k == 0 else '':<20} {server.name:<12} "
                       f"{fmt(s['req_per_s']):>10} {fmt(s['cpu_us_per_req'], '.1f'):>8} "
                       f"{percent(s['server_busy']) + '/' + percent(s['client_busy']):>13} "
                       f"{errors:>7}{mark}")

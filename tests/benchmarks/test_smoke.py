@@ -40,11 +40,11 @@ def test_scaling_benchmark_holds_idle_connections():
 
 
 @pytest.mark.timeout(120)
-def test_http_benchmark_measures_all_four_servers():
+def test_http_benchmark_measures_all_five_servers():
     rows = run_json("benchmarks.http", "--cases", "ka10,close10")
     assert [row["case"] for row in rows] == ["ka10", "close10"]
-    assert set(rows[0]["servers"]) == {"ours-raw", "ours-wsgi", "asyncio", "wsgiref"}
-    assert set(rows[1]["servers"]) == {"ours-raw", "asyncio", "wsgiref"}
+    assert set(rows[0]["servers"]) == {"ours-raw", "ours-wsgi", "asyncio", "asyncio-core", "wsgiref"}
+    assert set(rows[1]["servers"]) == {"ours-raw", "asyncio", "asyncio-core", "wsgiref"}
     for row in rows:
         for name, server in row["servers"].items():
             assert server["req_per_s"] > 0, name
