@@ -694,6 +694,22 @@ class ServerConnection(_Connection):
             raise
 
 
+# The common response, recognised by one C call: HTTP/1.1, a final status, exactly one
+# Content-Length and no Transfer-Encoding or Connection field.  ClientConnection.receive_data
+# takes it in one step when one read holds the whole head and exactly the announced body;
+# anything else goes to the general parser, which agrees with it on everything it accepts
+# (tests/protocols/test_client_core.py feeds both the same corpus).
+_PLAIN_RESPONSE_FIELD = (rb"(?!(?i:content-length|transfer-encoding|connection):)" + _TOKEN
+                         + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
+_TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")
+# Request fields that make ClientConnection.send choose the framing (and honour a close).
+_REQUEST_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.1 ([2-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\r\n"
+    rb"((?:" + _PLAIN_RESPONSE_FIELD + rb")*(?i:content-length):[ \t]*([0-9]{1,19})[ \t]*\r\n"
+    rb"(?:" + _PLAIN_RESPONSE_FIELD + rb")*)\r\n")
+
+
 class ClientConnection(_Connection):
     """The client's side: sends requests, receives responses."""
 
@@ -701,6 +717,25 @@ class ClientConnection(_Connection):
         super().__init__(**limits)
         self._method = b""
         self._informational = 0
+
+    def receive_data(self, data: bytes) -> list:
+        if self.their_state is IDLE and not self._buf and not self._eof and self._method != b"HEAD":
+            m = _SIMPLE_RESPONSE.match(data)
+            if m is not None:
+                end, length, status = m.end(), int(m.group(4)), int(m.group(1))
+                if (len(data) - end == length and end - 4 <= self.max_header_bytes
+                        and length <= self.max_body and status != 204 and status != 304):
+                    pairs = _FIELD.findall(m.group(3))
+                    if len(pairs) <= self.max_headers:
+                        events: list = [Response(status, [(name.lower(), value) for name, value in pairs],
+                                                 m.group(2) or b"", b"1.1")]
+                        if length:
+                            events.append(Data(data[end:]))
+                        events.append(EndOfMessage([]))
+                        self._body_kind, self._left, self._received = "length", 0, 0
+                        self.their_state = DONE if self.keep_alive else MUST_CLOSE
+                        return events
+        return super().receive_data(data)
 
     def send(self, event) -> bytes:
         """Bytes for a request event (Request, Data, EndOfMessage)."""
@@ -713,18 +748,19 @@ class ClientConnection(_Connection):
             if event.http_version not in (b"1.0", b"1.1"):
                 raise LocalProtocolError("HTTP version must be 1.0 or 1.1")
             if (not _TOKEN_RE.fullmatch(event.method) or not event.target
-                    or re.search(rb"[\x00-\x20\x7f]", event.target)):
+                    or _TARGET_BAD.search(event.target)):
                 raise LocalProtocolError("invalid method or target")
             self._method = event.method
             self._informational = 0
             headers = list(event.headers)
-            if b"close" in get_list(headers, b"connection"):
-                self.keep_alive = False
-            if get_header(headers, b"content-length") is None and not get_list(
-                    headers, b"transfer-encoding"):
+            framing = [low for name, _ in headers if (low := name.lower()) in _REQUEST_FRAMING]
+            if not framing:
                 self._send_kind, self._send_left = "length", 0    # no body (RFC 9112 6.3)
-            else:
+            elif b"content-length" in framing or b"transfer-encoding" in framing:
                 headers = self._send_framing(headers, event.http_version, no_body=False)
+            else:                                                 # Connection only: no body
+                headers = self._send_framing(headers, event.http_version, no_body=True)
+                self._send_kind, self._send_left = "length", 0
             self.our_state = BODY
             return bytes(self._head_bytes(b"%s %s HTTP/%s" % (event.method, event.target,
                                                              event.http_version), headers))
@@ -763,6 +799,8 @@ class ClientConnection(_Connection):
         if self.our_state is not DONE or self.their_state is not DONE:
             raise LocalProtocolError("the exchange is not complete, or the connection must close")
         self._reset_cycle()
+        if not self._buf and not self._eof:
+            return []
         try:
             return self._parse()
         except RemoteProtocolError:

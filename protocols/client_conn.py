@@ -1,0 +1,301 @@
+"""The HTTP client's connections: the per-origin keep-alive pool, and `open_stream`, the one
+place where http:// and https:// part ways.
+
+Why it has this shape
+---------------------
+`ConnectionPool` keeps kept-alive connections per origin (scheme, host, port), at most
+max_per_host open at once; a request that finds none idle and no room waits in its origin's
+queue and takes the next connection freed.  Connecting resolves a name at most once a minute
+(getaddrinfo blocks the loop) and tries the addresses in turn while they refuse.  A request
+whose kept-alive connection closes before any byte of the response arrived (the server timed it
+out as we reused it) is sent once more on a new connection, if it is idempotent and its body
+can be replayed.  The one read timer of an exchange is re-armed from the time of the last byte,
+never reset per read.
+
+https:// goes through the reactor's TLS layer (reactor/tls.py), which verifies the certificate
+and the host name by the client's SSLContext; on_connect comes only after the handshake, and
+the handshake is bounded by the connect timeout.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from typing import Any, Callable
+
+from reactor import StreamHandler, connect_tcp
+from reactor.core import Reactor
+
+from .client_handler import _ClientHandler, _connect_error, _Exchange
+from .client_request import (URL, ConnectError, HTTPClientError, ReadTimeout, RemoteDisconnected,
+                             RequestCancelled, TLSUnavailable)
+
+log = logging.getLogger(__name__)
+
+MAX_PER_HOST = 32               # connections open to one origin at once; more requests wait
+MAX_RESPONSE_BODY = 100 * 1024 * 1024
+POOL_IDLE_TIMEOUT = 30.0        # a kept-alive connection idle longer is not reused
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+
+
+def _tls_available() -> bool:
+    """True if the reactor has its TLS layer (reactor/tls.py, issue 6)."""
+    try:
+        from reactor.tls import start_tls  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_stream(reactor: Reactor, scheme: str, host: str, port: int,
+                factory: Callable[[socket.socket, Any], StreamHandler], *, server_hostname: str,
+                ssl_context: Any = None, timeout: float | None = None,
+                on_connect: Callable[[Any], Any], on_error: Callable[[BaseException], Any]) -> Any:
+    """Start one connection to host:port, the only place where http and https part ways: plain
+    TCP, or TLS from reactor/tls.py verifying the certificate and server_hostname by
+    ssl_context, the handshake bounded by the connect timeout; on_connect comes after it."""
+    if scheme == "https":
+        if not _tls_available():
+            raise TLSUnavailable("TLS layer not available: reactor/tls.py is missing, so "
+                                 f"https://{server_hostname} cannot be fetched")
+        return connect_tcp(reactor, host, port, factory, ssl_context=ssl_context,
+                           server_hostname=server_hostname, ssl_handshake_timeout=timeout,
+                           timeout=timeout, on_connect=on_connect, on_error=on_error)
+    return connect_tcp(reactor, host, port, factory, timeout=timeout,
+                       on_connect=on_connect, on_error=on_error)
+
+
+class ConnectionPool:
+    """Connections per origin for the exchanges of one client; the client (a subclass) says what
+    a finished exchange means in `_response`.  Runs on the reactor thread only."""
+
+    def __init__(self, reactor: Reactor, *, max_per_host: int = MAX_PER_HOST,
+                 max_body: int = MAX_RESPONSE_BODY, verify: bool | str = True,
+                 ssl_context: Any = None, pool_idle_timeout: float = POOL_IDLE_TIMEOUT) -> None:
+        self.reactor = reactor
+        self.max_per_host, self.max_body = max_per_host, max_body
+        self.verify, self._ssl_context = verify, ssl_context
+        self.pool_idle_timeout = pool_idle_timeout
+        self._idle: dict[tuple, list[_ClientHandler]] = {}
+        self._open: dict[tuple, int] = {}          # connections open or opening, per origin
+        self._waiting: dict[tuple, collections.deque] = {}
+        self._handlers: set[_ClientHandler] = set()
+        self._addresses: dict[tuple[str, int], tuple[float, list]] = {}
+        self._closed = False
+
+    @property
+    def connections(self) -> int:
+        """Connections open or opening now (busy, idle, connecting)."""
+        return sum(self._open.values())
+
+    def close(self) -> None:
+        """Close idle connections, abort busy ones (their requests fail), refuse new requests."""
+        self._closed = True
+        for queue in self._waiting.values():
+            for ex in list(queue):
+                self._failed(ex, RequestCancelled("client closed", ex.url.url))
+        self._waiting.clear()
+        for handler in list(self._handlers):
+            ex = handler.exchange
+            if ex is not None:
+                handler._abandon(RequestCancelled("client closed", ex.url.url))
+            else:
+                handler.close()
+        self._idle.clear()
+
+    def _response(self, ex: _Exchange) -> None:
+        """A hop's response is complete (ex.head, ex.chunks): the client decides what follows."""
+        raise NotImplementedError
+
+    def _dispatch(self, ex: _Exchange, fresh: bool = False) -> None:
+        """Give ex a connection: an idle one, a new one, or a place in the origin's queue."""
+        key = ex.url.key
+        if not fresh:
+            idle = self._idle.get(key)
+            if idle:
+                now, limit = self.reactor.now, self.pool_idle_timeout
+                while idle:
+                    handler = idle.pop()
+                    if handler.usable(now, limit):
+                        ex.reused = True
+                        handler.start(ex)
+                        return
+                    handler.close()
+        if self._open.get(key, 0) < self.max_per_host:
+            self._connect(ex)
+        else:
+            self._waiting.setdefault(key, collections.deque()).append(ex)
+
+    def _resolve(self, host: str, port: int) -> list:
+        """getaddrinfo, remembered for a minute (it blocks; a numeric host costs nothing)."""
+        now = self.reactor.now
+        hit = self._addresses.get((host, port))
+        if hit is not None and now - hit[0] < 60.0:
+            return hit[1]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if len(self._addresses) > 256:
+            self._addresses.clear()
+        self._addresses[(host, port)] = (now, infos)
+        return infos
+
+    def _connect(self, ex: _Exchange) -> None:
+        url = ex.url
+        key = url.key
+        self._open[key] = self._open.get(key, 0) + 1
+        try:
+            ex.addresses = list(self._resolve(url.host, url.port))
+        except (OSError, UnicodeError) as exc:
+            self._connect_failed(key)
+            self._failed(ex, ConnectError(f"cannot resolve {url.host}: {exc}", url.url))
+            return
+        self._try_address(ex)
+
+    def _try_address(self, ex: _Exchange) -> None:
+        """Connect to the next address of ex's host; if refused, the one after (IPv6, IPv4)."""
+        url = ex.url
+        key = url.key
+        ip = ex.addresses.pop(0)[4][0]
+        made: list[_ClientHandler] = []
+
+        def factory(sock: socket.socket, address: Any) -> _ClientHandler:
+            handler = _ClientHandler(sock, address, self, key)
+            handler.connecting = ex
+            self._handlers.add(handler)
+            made.append(handler)
+            return handler
+
+        def connected(handler: _ClientHandler) -> None:
+            handler.connecting = None
+            if ex.done:
+                self._release(handler)
+            else:
+                handler.start(ex)
+
+        def failed(exc: BaseException) -> None:
+            if made:                    # TCP was up, TLS failed: the handler's close counts it
+                made[0].connecting = None
+                self._failed(ex, _connect_error(exc, url))
+            elif not ex.done and ex.addresses and not isinstance(exc, TimeoutError):
+                self._try_address(ex)
+            else:
+                self._connect_failed(key)
+                self._failed(ex, _connect_error(exc, url))
+
+        try:
+            open_stream(self.reactor, url.scheme, ip, url.port, factory,
+                        server_hostname=url.host, ssl_context=self._tls_context(url),
+                        timeout=ex.connect_timeout, on_connect=connected, on_error=failed)
+        except HTTPClientError as exc:
+            self._connect_failed(key)
+            self._failed(ex, exc)
+        except (OSError, ValueError) as exc:
+            failed(exc)
+
+    def _tls_context(self, url: URL) -> Any:
+        if url.scheme != "https":
+            return None
+        if self._ssl_context is None:
+            import ssl
+            verify = self.verify
+            ctx = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+            if verify is False:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl_context = ctx
+        return self._ssl_context
+
+    def _connect_failed(self, key: tuple) -> None:
+        self._open[key] -= 1
+        self._next_waiting(key)
+
+    def _next_waiting(self, key: tuple) -> None:
+        queue = self._waiting.get(key)
+        while queue and self._open.get(key, 0) < self.max_per_host:
+            ex = queue.popleft()
+            if not ex.done:
+                self._connect(ex)
+
+    def _release(self, handler: _ClientHandler) -> None:
+        """A connection finished an exchange cleanly: the next waiting request, or the pool."""
+        if self._closed:
+            handler.close()
+            return
+        queue = self._waiting.get(handler.key)
+        while queue:
+            ex = queue.popleft()
+            if not ex.done:
+                ex.reused = True
+                handler.start(ex)
+                return
+        handler.idle_since = self.reactor.now
+        self._idle.setdefault(handler.key, []).append(handler)
+
+    def _lost(self, handler: _ClientHandler) -> None:
+        """A connection closed (any way): forget it, and let a waiting request connect."""
+        if handler not in self._handlers:
+            return
+        self._handlers.discard(handler)
+        key = handler.key
+        idle = self._idle.get(key)
+        if idle and handler in idle:
+            idle.remove(handler)
+        self._open[key] -= 1
+        if not self._closed:
+            self._next_waiting(key)
+
+    # -- outcomes ----------------------------------------------------------------------------------
+
+    def _read_check(self, ex: _Exchange) -> None:
+        """The read-timeout timer: fail ex if nothing arrived (or left) for read_timeout."""
+        ex.timer = None
+        handler = ex.handler
+        if ex.done or handler is None or handler.exchange is not ex:
+            return
+        idle = self.reactor.time() - ex.last
+        if idle >= ex.read_timeout:
+            handler._abandon(ReadTimeout(f"no response from {ex.url.host_header} within "
+                                      f"{ex.read_timeout:g} s", ex.url.url))
+        else:
+            ex.timer = self.reactor.call_later(ex.read_timeout - idle, self._read_check, ex)
+
+    def _exchange_lost(self, ex: _Exchange, handler: _ClientHandler, exc: BaseException | None) -> None:
+        """The connection closed under ex: retry once if nothing came back, else fail."""
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        nothing = not ex.received
+        body = ex.body
+        if (nothing and ex.reused and not ex.retried and ex.method in IDEMPOTENT
+                and (body is None or type(body) is bytes or body.rewind())):
+            log.debug("%r: kept-alive connection closed under %s; retrying once", handler, ex.url)
+            ex.retried = True
+            ex.handler = None
+            self._dispatch(ex, fresh=True)
+            return
+        what = "before sending a response" if nothing else "in the middle of the response"
+        cause = f" ({exc})" if exc is not None else ""
+        err = RemoteDisconnected(f"{ex.url.host_header} closed the connection {what}{cause}", ex.url.url)
+        err.__cause__ = exc
+        self._failed(ex, err)
+
+    def _failed(self, ex: _Exchange, exc: BaseException) -> None:
+        if ex.done:
+            return
+        ex.done = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        ex.future._finish(None, exc)
+
+    def _cancel(self, ex: _Exchange) -> None:
+        """future.cancel(): the exchange stops; a connection carrying it is aborted."""
+        if ex.done:
+            return
+        ex.done = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        handler = ex.handler
+        if handler is not None and handler.exchange is ex:
+            handler.exchange = None
+            handler.abort()
