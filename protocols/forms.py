@@ -105,7 +105,9 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*+)"', re.DOTALL)
 _BARE = re.compile(r'[^;"]*')
 _WS = re.compile(r"[ \t]*")
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+# Inside quotes a backslash escapes only a quote or a backslash: browsers, curl and urllib3 send
+# a filename's backslashes as they are (WHATWG), so a filename C:\dir\f.txt keeps them.
+_ESCAPE = re.compile(r'\\(["\\])')
 
 
 def parse_options_header(value: str) -> tuple[str, dict[str, str]]:

@@ -301,3 +301,12 @@ def test_unescaped_queries_parse_as_parse_qs_does():
     for _ in range(3000):
         qs = "".join(rng.choice("ab=&;é ") for _ in range(rng.randint(0, 12)))
         assert parse_query(qs) == parse_qs(qs, keep_blank_values=True, separator="&"), qs
+
+
+def test_backslashes_in_quoted_filenames_are_kept():
+    """Browsers and curl send a filename's backslashes unescaped (WHATWG); only \\" and \\\\ are
+    escapes, so a Windows path survives and an escaped quote still works."""
+    _, params = parse_options_header(r'form-data; name="f"; filename="C:\dir\f.txt"')
+    assert params["filename"] == "C:\\dir\\f.txt"
+    _, params = parse_options_header(r'form-data; name="a \"b\" \\ c"')
+    assert params["name"] == 'a "b" \\ c'
