@@ -6,7 +6,8 @@ from .handler import EventHandler
 from .listener import Listener, listen_tcp, listen_unix, parse_networks, peer_allowed
 from .stream import StreamHandler
 from .timers import Timer
+from .tls import TLSStreamHandler, start_tls
 
 __all__ = ["Connector", "DatagramHandler", "EventHandler", "Listener", "Reactor", "StreamHandler",
-           "Timer", "bind_udp", "connect_tcp", "connect_unix", "listen_tcp", "listen_unix",
-           "parse_networks", "peer_allowed"]
+           "TLSStreamHandler", "Timer", "bind_udp", "connect_tcp", "connect_unix", "listen_tcp",
+           "listen_unix", "parse_networks", "peer_allowed", "start_tls"]

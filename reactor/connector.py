@@ -14,10 +14,12 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from typing import Any, Callable
 
 from .handler import EventHandler
 from .timers import Timer
+from .tls import start_tls
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +129,52 @@ class Connector(EventHandler):
 
 
 def connect_tcp(reactor, host: str, port: int, factory: Callable[[socket.socket, Any], EventHandler],
-                **options: Any) -> Connector:
-    """Start connecting to host:port (IPv4 or IPv6); factory(sock, addr) builds the handler."""
+                *, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                ssl_handshake_timeout: float | None = None, **options: Any) -> Connector:
+    """Start connecting to host:port (IPv4 or IPv6); factory(sock, addr) builds the handler.
+
+    With ssl_context the handler (any StreamHandler) runs client-side TLS, verifying
+    server_hostname (default: host); on_connect is then called once the handshake succeeded,
+    and on_error also receives a failed handshake (the handler's connection_lost does too)."""
     family, type_, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, type_, proto)
-    return reactor.add(Connector(sock, sockaddr, factory, **options))
+    connector = Connector(sock, sockaddr, factory, **options)
+    if ssl_context is not None:
+        _secure(connector, ssl_context, host if server_hostname is None else server_hostname,
+                ssl_handshake_timeout)
+    return reactor.add(connector)
 
 
 def connect_unix(reactor, path: str, factory: Callable[[socket.socket, Any], EventHandler],
-                 **options: Any) -> Connector:
-    """Start connecting to the Unix-domain stream socket at path."""
+                 *, ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 ssl_handshake_timeout: float | None = None, **options: Any) -> Connector:
+    """Start connecting to the Unix-domain stream socket at path (TLS as for connect_tcp, with
+    server_hostname given explicitly when the context checks host names)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    return reactor.add(Connector(sock, path, factory, **options))
+    connector = Connector(sock, path, factory, **options)
+    if ssl_context is not None:
+        _secure(connector, ssl_context, server_hostname, ssl_handshake_timeout)
+    return reactor.add(connector)
+
+
+def _secure(connector: Connector, context: ssl.SSLContext, server_hostname: str | None,
+            handshake_timeout: float | None) -> None:
+    """Make the connector's handler speak TLS and hold on_connect until the handshake is done:
+    a connection is not "made" for a client before the server proved who it is."""
+    if context.check_hostname and not server_hostname:
+        connector.sock.close()
+        raise ValueError("the context checks host names: give server_hostname")
+    plain_factory, on_connect = connector.factory, connector.on_connect
+    connector.on_connect = None
+
+    def handshake_done(handler: EventHandler, exc: BaseException | None) -> None:
+        if exc is not None:
+            connector._report_error(exc)
+        elif on_connect is not None:
+            on_connect(handler)
+
+    def factory(sock: socket.socket, address: Any) -> EventHandler:
+        return start_tls(plain_factory(sock, address), context, server_side=False,
+                         server_hostname=server_hostname, handshake_timeout=handshake_timeout,
+                         on_handshake=handshake_done)
+    connector.factory = factory

@@ -19,15 +19,17 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import socket
+import ssl
 import stat
 import struct
 from typing import Any, Callable, Iterable
 
 from .handler import EventHandler
+from .networks import Network, parse_networks, peer_allowed   # re-exported: the listener's rules
+from .tls import tls_server_factory
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +39,6 @@ _SKIP = frozenset(getattr(errno, name) for name in (
     "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(specs: Iterable[str | Network] | None) -> list[Network]:
-    """CIDR strings to networks.  Host bits set are accepted and the network meant is logged;
-    IPv4-mapped IPv6 networks (::ffff:10.0.0.0/104) become the IPv4 networks they mean."""
-    networks = []
-    for spec in specs or ():
-        if isinstance(spec, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            net = spec
-        else:
-            try:
-                net = ipaddress.ip_network(spec)
-            except ValueError:
-                net = ipaddress.ip_network(spec, strict=False)     # still raises if not a network
-                log.warning("CIDR %s has host bits set; using %s", spec, net)
-        if (isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96
-                and net.network_address.ipv4_mapped is not None):
-            net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-        networks.append(net)
-    return networks
-
-
-def peer_allowed(host: str, allow: list[Network], deny: list[Network]) -> bool:
-    """The recipe 11.4 test: deny wins, then an allow list (if any) must match."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return not allow            # not an IP peer (a Unix socket): only an allow list refuses
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip in net for net in deny if net.version == ip.version):
-        return False
-    return not allow or any(ip in net for net in allow if net.version == ip.version)
-
 
 class Listener(EventHandler):
     """A listening socket that builds one handler per accepted connection; close() stops
@@ -79,6 +46,7 @@ class Listener(EventHandler):
 
     accept_batch = 128
     backoff = 0.1
+    ssl_context: ssl.SSLContext | None = None    # set by listen_tcp: its handlers speak TLS
 
     def __init__(self, sock: socket.socket, factory: Callable[[socket.socket, Any], EventHandler],
                  *, max_connections: int | None = None,
@@ -222,11 +190,16 @@ def _reset(conn: socket.socket) -> None:
 
 
 def listen_tcp(reactor, host: str | None, port: int, factory: Callable[[socket.socket, Any], EventHandler],
-               *, backlog: int = 4096, reuse_port: bool = False, **options: Any) -> Listener:
+               *, backlog: int = 4096, reuse_port: bool = False,
+               ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None,
+               **options: Any) -> Listener:
     """Bind host:port (IPv4 or IPv6; port 0 picks one) and serve factory(sock, addr) handlers.
 
     The backlog is large on purpose: with asyncio's 100 a burst of connects overflows it and the
-    kernel retransmits SYNs a second later (measured: 30-40 s for 10,000 connects vs 0.3 s)."""
+    kernel retransmits SYNs a second later (measured: 30-40 s for 10,000 connects vs 0.3 s).
+    With ssl_context (a server-side SSLContext) every handler the factory makes, any
+    StreamHandler, runs over TLS (reactor.tls)."""
+    factory = _secure(factory, ssl_context, ssl_handshake_timeout)
     family, type_, proto, _, sockaddr = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, type_, proto)
@@ -236,15 +209,29 @@ def listen_tcp(reactor, host: str | None, port: int, factory: Callable[[socket.s
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.listen(backlog)
-        return reactor.add(Listener(sock, factory, **options))
+        listener = Listener(sock, factory, **options)
+        listener.ssl_context = ssl_context
+        return reactor.add(listener)
     except BaseException:
         sock.close()
         raise
 
 
+def _secure(factory: Callable[[socket.socket, Any], EventHandler],
+            ssl_context: ssl.SSLContext | None,
+            handshake_timeout: float | None) -> Callable[[socket.socket, Any], EventHandler]:
+    if ssl_context is None:
+        return factory
+    return tls_server_factory(factory, ssl_context, handshake_timeout)
+
+
 def listen_unix(reactor, path: str, factory: Callable[[socket.socket, Any], EventHandler],
-                *, backlog: int = 4096, **options: Any) -> Listener:
-    """Serve on a Unix-domain stream socket at path (a stale socket file there is replaced)."""
+                *, backlog: int = 4096, ssl_context: ssl.SSLContext | None = None,
+                ssl_handshake_timeout: float | None = None,
+                **options: Any) -> Listener:
+    """Serve on a Unix-domain stream socket at path (a stale socket file there is replaced);
+    ssl_context as for listen_tcp."""
+    factory = _secure(factory, ssl_context, ssl_handshake_timeout)
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
@@ -256,6 +243,7 @@ def listen_unix(reactor, path: str, factory: Callable[[socket.socket, Any], Even
         sock.listen(backlog)
         listener = Listener(sock, factory, **options)
         listener._unlink_path = path
+        listener.ssl_context = ssl_context
         return reactor.add(listener)
     except BaseException:
         sock.close()

@@ -1,0 +1,257 @@
+"""The stream services over TLS as a user runs them (`--tls-cert/--tls-key`, `--tls-client-ca`):
+stdlib `ssl` clients, `urllib.request` with the test CA, and `openssl s_client` when installed,
+against `apps.echo` (`listening tls://`), `apps.rest` and `apps.wsgi` (`listening https://`).
+Each service must also survive bad peers and stop with 0 and no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from reactor.testing import recv_exactly
+
+from . import _proc
+
+CERTS = Path(__file__).resolve().parents[1] / "certs"
+TLS_FLAGS = ("--tls-cert", str(CERTS / "server.pem"), "--tls-key", str(CERTS / "server.key"))
+TIMEOUT = 10.0
+
+
+def client_ctx(certificate: str | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+    if certificate:
+        ctx.load_cert_chain(str(CERTS / f"{certificate}.pem"), str(CERTS / f"{certificate}.key"))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def tls_connect(address, ctx: ssl.SSLContext | None = None, hostname: str = "localhost") -> ssl.SSLSocket:
+    raw = socket.create_connection(address, timeout=TIMEOUT)
+    try:
+        return (ctx or client_ctx()).wrap_socket(raw, server_hostname=hostname)
+    except BaseException:
+        raw.close()
+        raise
+
+
+@pytest.fixture
+def service():
+    """service(name, *args) starts an app; at the end each must exit 0 without a traceback."""
+    started = []
+
+    def start(name, *args):
+        proc, endpoints = _proc.start(name, *args)
+        started.append(proc)
+        return proc, endpoints[0]
+    yield start
+    for proc in started:
+        assert _proc.stop(proc) == 0, proc.stderr_text
+        assert "Traceback" not in proc.stderr_text, proc.stderr_text
+
+
+def test_echo_over_tls_with_stdlib_clients(service):
+    _, endpoint = service("echo", *TLS_FLAGS)
+    assert (endpoint.scheme, endpoint.service) == ("tls", "echo")
+    with tls_connect(endpoint.address) as tls:
+        assert tls.version() == "TLSv1.3"
+        for size in (1, 1024, 256 * 1024):
+            payload = os.urandom(size)
+            tls.sendall(payload)
+            assert recv_exactly(tls, size, TIMEOUT) == payload
+    with tls_connect(endpoint.address, hostname="127.0.0.1") as tls:     # the IP is in the SAN
+        tls.sendall(b"by address")
+        assert recv_exactly(tls, 10, TIMEOUT) == b"by address"
+
+
+def test_echo_lines_over_tls(service):
+    _, endpoint = service("echo", "--lines", *TLS_FLAGS)
+    with tls_connect(endpoint.address) as tls:
+        tls.sendall(b"one\ntw")
+        tls.sendall(b"o\n")
+        assert recv_exactly(tls, 8, TIMEOUT) == b"one\ntwo\n"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_echo_with_openssl_s_client(service):
+    _, endpoint = service("echo", *TLS_FLAGS)
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"{endpoint.host}:{endpoint.port}", "-quiet",
+         "-CAfile", str(CERTS / "ca.pem"), "-servername", "localhost",
+         "-verify_hostname", "localhost", "-verify_return_error"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        client.stdin.write(b"hello from s_client\n")
+        client.stdin.flush()
+        out, deadline = b"", time.monotonic() + TIMEOUT
+        while b"hello from s_client\n" not in out:
+            left = deadline - time.monotonic()
+            assert left > 0, f"s_client got {out!r}"
+            if select.select([client.stdout], [], [], left)[0]:
+                chunk = os.read(client.stdout.fileno(), 4096)
+                assert chunk, f"s_client ended: {client.stderr.read()!r}"
+                out += chunk
+    finally:
+        client.kill()                    # the one process this test started
+        client.communicate(timeout=TIMEOUT)
+
+
+def test_bad_peers_do_not_stop_the_tls_echo(service):
+    _, endpoint = service("echo", *TLS_FLAGS)
+    silent = socket.create_connection(endpoint.address, timeout=TIMEOUT)   # never says a word
+    try:
+        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(2048)):
+            with socket.create_connection(endpoint.address, timeout=TIMEOUT) as raw:
+                raw.sendall(garbage)
+                try:
+                    while raw.recv(4096):            # perhaps an alert, then the close
+                        pass
+                except ConnectionResetError:
+                    pass
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_connect(endpoint.address, hostname="wrong.example")
+        with tls_connect(endpoint.address) as tls:   # others are served meanwhile
+            tls.sendall(b"still serving")
+            assert recv_exactly(tls, 13, TIMEOUT) == b"still serving"
+    finally:
+        silent.close()
+
+
+def test_echo_requires_client_certificates(service):
+    _, endpoint = service("echo", *TLS_FLAGS, "--tls-client-ca", str(CERTS / "ca.pem"))
+    with tls_connect(endpoint.address, client_ctx("client")) as tls:
+        tls.sendall(b"mutual")
+        assert recv_exactly(tls, 6, TIMEOUT) == b"mutual"
+    for certificate in (None, "other-client"):
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, EOFError)):
+            with tls_connect(endpoint.address, client_ctx(certificate)) as tls:
+                tls.sendall(b"let me in")        # TLS 1.3: refused at the first read
+                recv_exactly(tls, 9, TIMEOUT)
+
+
+def test_sigterm_closes_tls_connections_with_close_notify(service):
+    proc, endpoint = service("echo", *TLS_FLAGS)
+    with tls_connect(endpoint.address) as tls:
+        tls.sendall(b"x")
+        assert recv_exactly(tls, 1, TIMEOUT) == b"x"
+        proc.send_signal(signal.SIGTERM)
+        assert tls.recv(1) == b""                 # close_notify, not a reset or a truncation
+    assert _proc.stop(proc, None) == 0
+
+
+def test_rest_over_https_with_urllib(service):
+    _, endpoint = service("rest", *TLS_FLAGS)
+    assert (endpoint.scheme, endpoint.service) == ("https", "rest")
+    ctx = client_ctx()
+    base = f"https://localhost:{endpoint.port}"
+    with urllib.request.urlopen(f"{base}/hello?name=TLS", context=ctx, timeout=TIMEOUT) as resp:
+        assert resp.status == 200 and b"<h1>Hello TLS!</h1>" in resp.read()
+    with urllib.request.urlopen(f"{base}/get?a=1", context=ctx, timeout=TIMEOUT) as resp:
+        body = json.loads(resp.read())
+    assert body["url"] == f"{base}/get?a=1" and body["args"] == {"a": "1"}
+    with urllib.request.urlopen(f"{base}/localtime.json", context=ctx, timeout=TIMEOUT) as resp:
+        assert set(json.loads(resp.read())) == {"year", "month", "day", "hour", "minute", "second"}
+    with tls_connect(endpoint.address, client_ctx(alpn=["h2", "http/1.1"])) as tls:
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        for _ in range(3):                        # keep-alive over one TLS connection
+            tls.sendall(b"GET /hello?name=ka HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            body += recv_exactly(tls, length - len(body), TIMEOUT)
+            assert b"Hello ka!" in body
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(f"{base}/hello", context=ssl.create_default_context(
+            cafile=str(CERTS / "other-ca.pem")), timeout=TIMEOUT)
+
+
+def test_rest_answers_pipelined_requests_over_tls_in_order(service):
+    _, endpoint = service("rest", *TLS_FLAGS)
+    count = 300                                   # past the handler's pipelining backlog
+    requests = b"".join(b"GET /hello?name=n%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i
+                        for i in range(count))
+    with tls_connect(endpoint.address) as tls:
+        tls.sendall(requests)
+        data, deadline = b"", time.monotonic() + TIMEOUT
+        while data.count(b"</html>") < count:
+            assert time.monotonic() < deadline, f"{data.count(b'</html>')} of {count} answers"
+            chunk = tls.recv(1 << 16)
+            assert chunk, "closed early"
+            data += chunk
+    names = [int(part.split(b"!", 1)[0]) for part in data.split(b"<h1>Hello n")[1:]]
+    assert names == list(range(count))
+
+
+def test_wsgi_over_https(service):
+    _, endpoint = service("wsgi", "tests.apps.sample_wsgi:app", *TLS_FLAGS)
+    assert (endpoint.scheme, endpoint.service) == ("https", "wsgi")
+    url = f"https://127.0.0.1:{endpoint.port}/some/path?q=1"
+    with urllib.request.urlopen(url, context=client_ctx(), timeout=TIMEOUT) as resp:
+        body = json.loads(resp.read())
+    assert (body["path"], body["query"]) == ("/some/path", "q=1")
+
+
+def test_multiprocessing_connection_protocol_runs_over_tls_on_one_reactor():
+    """mpconn's handlers (with their own authkey handshake) under TLS on both sides: what
+    `apps.mpecho --tls-cert` and an mpecho client over TLS will be once wired."""
+    from protocols.mpconn import MPClientHandler, MPConnectionHandler
+    from reactor import Reactor, connect_tcp, listen_tcp
+    from reactor.testing import run_until
+
+    key = b"secret key"
+
+    class Echo(MPConnectionHandler):
+        authkey = key
+
+        def message_received(self, obj):
+            self.send(obj)
+
+    class Client(MPClientHandler):
+        authkey = key
+        replies: list = []
+
+        def authenticated(self):
+            self.send({"over": "tls"})
+
+        def message_received(self, obj):
+            self.replies.append(obj)
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(CERTS / "server.pem"), str(CERTS / "server.key"))
+    reactor = Reactor()
+    try:
+        listener = listen_tcp(reactor, "127.0.0.1", 0, Echo, ssl_context=server_ctx)
+        connect_tcp(reactor, "127.0.0.1", listener.address[1], Client, ssl_context=client_ctx(),
+                    server_hostname="localhost")
+        run_until(reactor, lambda: Client.replies, timeout=TIMEOUT)
+        assert Client.replies == [{"over": "tls"}]
+    finally:
+        reactor.close()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--tls-key", str(CERTS / "server.key")), "need --tls-cert"),
+    (("--tls-cert", str(CERTS / "missing.pem")), "cannot load --tls-cert"),
+    (("--tls-cert", str(CERTS / "server.pem"), "--tls-key", str(CERTS / "client.key")),
+     "cannot load --tls-cert"),
+])
+def test_bad_tls_flags_are_usage_errors(flags, message):
+    done = subprocess.run([sys.executable, "-m", "apps.echo", "--port", "0", *flags],
+                          cwd=_proc.REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stdout == ""
