@@ -1,6 +1,8 @@
 """TCP echo (recipes 11.2 and 11.12): every byte back, or line by line with --lines.
 
     python -m apps.echo --port 20000 [--lines] [--max-connections N] [--allow CIDR] [--deny CIDR]
+                        [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                        [--workers N [--reuse-port]]
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 from protocols.handlers import LineHandler
 from reactor import Reactor, StreamHandler, listen_tcp
 
-from . import _cli
+from . import _cli, _tls, _workers
 
 DEFAULT_PORT = 20000
 
@@ -36,16 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-line", type=int, default=LineHandler.max_line,
                    help="longest line accepted with --lines; longer closes the connection")
     _cli.add_cidr_flags(p)
+    _tls.add_tls_flags(p)
+    _workers.add_worker_flags(p)
     args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args)
     _cli.setup_logging(args.log_level)
     if args.lines:
         factory = type("LineEcho", (LineEchoHandler,), {"max_line": args.max_line})
     else:
         factory = EchoHandler
+    if args.workers:
+        return _workers.serve_workers(args, lambda: factory, _tls.scheme("tcp", ctx), "echo",
+                                      ssl_context=ctx)
     reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, factory,
-                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [("tcp", listener.address, "echo")])
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
+                          reuse_port=args.reuse_port, max_connections=args.max_connections,
+                          allow=args.allow, deny=args.deny)
+    return _cli.serve(reactor, [listener], args.grace,
+                      [(_tls.scheme("tcp", ctx), listener.address, "echo")])
 
 
 if __name__ == "__main__":

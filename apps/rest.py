@@ -1,6 +1,7 @@
 """The REST service of recipe 11.5 on the reactor, plus httpbin-style endpoints to test clients.
 
-    python -m apps.rest --port 8080 [--threads N]
+    python -m apps.rest --port 8080 [--threads N] [--tls-cert FILE --tls-key FILE]
+                            [--workers N [--reuse-port]]
 
 Recipe 11.5:  /hello?name=...  (HTML)   /localtime  (the recipe's XML)
 The recipe says such APIs push XML, JSON or CSV:  /localtime.json   /localtime.csv
@@ -26,7 +27,7 @@ from protocols.dispatch import PathDispatcher
 from protocols.wsgi import wsgi_factory
 from reactor import Reactor, listen_tcp
 
-from . import _cli
+from . import _cli, _tls, _workers
 
 DEFAULT_PORT = 8080
 MAX_BYTES = 100 * 1024
@@ -267,12 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="run the WSGI app on N threads (for blocking apps; default: inline)")
     _cli.add_cidr_flags(p)
+    _tls.add_tls_flags(p)
+    _workers.add_worker_flags(p)
     args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
     _cli.setup_logging(args.log_level)
+    if args.workers:
+        scheme = _tls.scheme("http", ctx)
+        return _workers.serve_workers(
+            args, lambda: wsgi_factory(make_app(), threads=args.threads, url_scheme=scheme),
+            scheme, "rest", ssl_context=ctx)
     reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, wsgi_factory(make_app(), threads=args.threads),
-                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [("http", listener.address, "rest")])
+    scheme = _tls.scheme("http", ctx)
+    factory = wsgi_factory(make_app(), threads=args.threads, url_scheme=scheme)
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
+                          reuse_port=args.reuse_port, max_connections=args.max_connections,
+                          allow=args.allow, deny=args.deny)
+    return _cli.serve(reactor, [listener], args.grace, [(scheme, listener.address, "rest")])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Serve any WSGI application, as gunicorn or waitress users expect.
 
     python -m apps.wsgi package.module:app [--threads N] [--host H] [--port P]
+                        [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                        [--workers N [--reuse-port]]
 
 `module:attr` names the app (attr may be dotted, and may be a call: `module:create_app()`).
 Without --threads the app runs on the reactor thread and must not block; a typical Flask or
@@ -14,7 +16,7 @@ import sys
 from protocols.wsgi import wsgi_factory
 from reactor import Reactor, listen_tcp
 
-from . import _cli
+from . import _cli, _tls, _workers
 
 DEFAULT_PORT = 8000
 
@@ -41,17 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="run the app on N threads (needed when it blocks)")
     _cli.add_cidr_flags(p)
+    _tls.add_tls_flags(p)
+    _workers.add_worker_flags(p)
     args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
     _cli.setup_logging(args.log_level)
     sys.path.insert(0, ".")
     try:
         app = load_app(args.app)
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         p.error(f"cannot load {args.app}: {exc}")
+    if args.workers:
+        scheme = _tls.scheme("http", ctx)
+        return _workers.serve_workers(
+            args, lambda: wsgi_factory(app, threads=args.threads, url_scheme=scheme),
+            scheme, "wsgi", ssl_context=ctx)
     reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, wsgi_factory(app, threads=args.threads),
-                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [("http", listener.address, "wsgi")])
+    scheme = _tls.scheme("http", ctx)
+    factory = wsgi_factory(app, threads=args.threads, url_scheme=scheme)
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
+                          reuse_port=args.reuse_port, max_connections=args.max_connections,
+                          allow=args.allow, deny=args.deny)
+    return _cli.serve(reactor, [listener], args.grace, [(scheme, listener.address, "wsgi")])
 
 
 if __name__ == "__main__":

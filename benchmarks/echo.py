@@ -8,13 +8,23 @@
 # reported: round trips/s, payload MiB/s (one way), ours/asyncio, and the server's own CPU time
 # per round trip, which stays meaningful when the client, not the server, is the limit; "busy"
 # shows who ran out of CPU (one connection is latency-bound and leaves both cores half idle).
+#
+# --workers N runs a second table instead: apps.echo in-process and with 1, 2, 4 ... N worker
+# processes (recipe 11.11: the parent accepts and hands sockets over; --reuse-port: each worker
+# listens and the kernel balances), against the same asyncio server.  Nothing is pinned there,
+# since the workers must be free to spread over the cores, so the load client competes with them:
+# on 2 cores the table shows how much a second worker gains while the client holds ~1 core, not
+# how the reactor scales on idle cores.  The server's CPU time is summed over all its processes
+# (read from /proc around the whole round, then scaled to the measured window).
 """Benchmark TCP echo ping-pong: ours vs asyncio over message sizes and connection counts."""
 import argparse
 import contextlib
 import fnmatch
 import json
 import logging
+import os
 import sys
+import time
 
 from benchmarks import _harness, _load
 from benchmarks._harness import fmt, median
@@ -62,16 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", metavar="PATTERNS",
                         help="comma-separated case names or globs, e.g. '64x*,100kx1' "
                              f"(all: {','.join(case_id(s, c) for s in SIZES for c in CONNS)})")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="compare apps.echo in-process and with 1..N worker processes "
+                             "against asyncio (not pinned; default cases: 10 and 100 connections)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="with --workers: workers listen with SO_REUSEPORT (no hand-off)")
     args = parser.parse_args(argv)
     _harness.setup_logging(args.verbose)
     rounds, duration, warmup = _harness.timing(args, (5, 2), (1.0, 0.5), (0.25, 0.1))
 
     cases = [(s, c) for s in SIZES for c in CONNS]
+    if args.workers is not None and not args.cases:
+        cases = [(s, c) for s, c in cases if c > 1]       # one connection lives in one worker
     if args.cases:
         patterns = [p.strip() for p in args.cases.split(",") if p.strip()]
         cases = [(s, c) for s, c in cases if any(fnmatch.fnmatch(case_id(s, c), p) for p in patterns)]
         if not cases:
             raise SystemExit(f"--cases {args.cases!r} matches no case")
+    if args.workers is not None:
+        return main_workers(args, cases, rounds, duration, warmup)
+    if args.reuse_port:
+        raise SystemExit("--reuse-port goes with --workers")
 
     server_cpu, client_cpu, pinning = _harness.plan_cpus()
     _harness.pin_self(client_cpu)
@@ -125,6 +146,120 @@ def main(argv: list[str] | None = None) -> int:
             print(_load.disturbance_note(args.retries, worst_others))
     return 0
 
+
+
+# -- --workers: the 11.11 worker processes against in-process and asyncio ------------------------
+
+def worker_counts(n: int) -> list[int]:
+    """1, 2, 4 ... up to n, and n itself."""
+    counts, k = {n}, 1
+    while k < n:
+        counts.add(k)
+        k *= 2
+    return sorted(counts)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (a worker server's parent and its workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parents.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(parents.get(p, ()))
+    return tree
+
+
+def tree_ticks(pids: list[int]) -> int | None:
+    ticks = [_harness.cpu_ticks(p) for p in pids]
+    return None if None in ticks else sum(ticks)
+
+
+def tree_round(client, server, conns: int, size: int, warmup: float,
+               duration: float) -> _load.RoundResult:
+    """One round, with the server's CPU summed over its processes (read around the whole
+    round, scaled to the measured window: the load is the same in warm-up and window)."""
+    pids = process_tree(server.pid)
+    ticks0, wall0 = tree_ticks(pids), time.monotonic()
+    result = client.run(server.host, server.port, conns, size, warmup, duration, None)
+    ticks1, wall = tree_ticks(pids), time.monotonic() - wall0
+    if ticks0 is not None and ticks1 is not None and wall > 0:
+        result.server_cpu = (ticks1 - ticks0) / _harness.CLK_TCK * result.elapsed / wall
+    return result
+
+
+def main_workers(args: argparse.Namespace, cases: list[tuple[int, int]], rounds: int,
+                 duration: float, warmup: float) -> int:
+    """The --workers table: in-process, 1..N workers and asyncio, same client, nothing pinned."""
+    if args.workers < 1:
+        raise SystemExit("--workers must be 1 or more")
+    if args.ours_cmd:
+        raise SystemExit("--ours-cmd does not go with --workers")
+    nofile = _harness.raise_nofile(max(c for _, c in cases) + 256)
+    client = _load.make_client(args.client)
+    tail = ["--host", _harness.HOST, "--port", "0"]
+    mode = ["--reuse-port"] if args.reuse_port else []
+    servers = [_harness.Server("in-process", _harness.module_argv(_harness.OURS_MODULE, *tail),
+                               None, nofile)]
+    for n in worker_counts(args.workers):
+        servers.append(_harness.Server(
+            f"{n} worker{'s' if n > 1 else ''}",
+            _harness.module_argv(_harness.OURS_MODULE, "--workers", str(n), *mode, *tail),
+            None, nofile))
+    servers.append(_harness.Server("asyncio", _harness.PEER_ARGV + tail, None, nofile))
+    one, most, peer = servers[1].name, servers[-2].name, servers[-1].name
+    cpus = os.cpu_count() or 1
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        _load.prime(client, servers)
+        if not args.json:
+            print(f"echo ping-pong over 127.0.0.1 with worker processes "
+                  f"({'SO_REUSEPORT' if args.reuse_port else 'socket hand-off'}); client: {client.name}")
+            print(f"  NOT pinned: every server process and the load client share {cpus} CPUs, so "
+                  "the client takes CPU the workers would use; more workers than the CPUs left "
+                  "over cannot gain" + (" (here: 2 cores, so the load generator shares the "
+                                        "machine with the workers)" if cpus <= 2 else ""))
+            for server in servers:
+                print(f"  {server.name}: {' '.join(['python'] + server.argv[1:])}")
+            print(f"  {rounds} rounds per server and case, {duration:g} s each after {warmup:g} s "
+                  "warm-up, alternating; medians; rt/s = round trips per second; busy = server "
+                  "CPU (all its processes) / wall, 100% = one core")
+            names = [s.name for s in servers]
+            print(f"{'case':<16}" + "".join(f"{n + ' rt/s':>16}" for n in names)
+                  + f"{most + '/' + one:>20} {most + '/asyncio':>18}   busy "
+                  + "/".join(names) + "/client")
+            sys.stdout.flush()
+        for size, conns in cases:
+            results = _load.alternate(
+                servers, rounds, args.retries, case_id(size, conns),
+                lambda server: tree_round(client, server, conns, size, warmup, duration))
+            summary = {s.name: summarize(results[s.name], size) for s in servers}
+            rate = {name: row["rt_per_s"] for name, row in summary.items()}
+            scaling = rate[most] / rate[one] if rate[most] and rate[one] else None
+            versus = rate[most] / rate[peer] if rate[most] and rate[peer] else None
+            client_busy = median([r.client_busy for rs in results.values() for r in rs])
+            if args.json:
+                print(json.dumps({"benchmark": "echo-workers", "case": case_id(size, conns),
+                                  "size": size, "conns": conns, "client": client.name,
+                                  "pinning": "none", "cpus": cpus, "reuse_port": args.reuse_port,
+                                  "scaling": scaling, "ratio": versus, "client_busy": client_busy,
+                                  "servers": summary}), flush=True)
+                continue
+            busy = [percent(summary[s.name]["server_busy"]) for s in servers] + [percent(client_busy)]
+            print(f"{case_label(size, conns):<16}"
+                  + "".join(f"{fmt(rate[s.name]):>16}" for s in servers)
+                  + f"{fmt(scaling, '.2f'):>20} {fmt(versus, '.2f'):>18}   {'/'.join(busy)}",
+                  flush=True)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(_load.run_cli(main))
