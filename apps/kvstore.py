@@ -1,6 +1,7 @@
 """The XML-RPC key-value store of recipe 11.6, on the reactor, with data that survives a restart.
 
     python -m apps.kvstore [--port 15000] [--data PATH [--fsync] [--compact-min BYTES]]
+                           [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
 
     >>> from xmlrpc.client import ServerProxy
     >>> s = ServerProxy('http://127.0.0.1:15000', allow_none=True)
@@ -39,7 +40,7 @@ from protocols.journal import MAGIC, JournalReader, frame
 from protocols.xmlrpc import MAX_BODY, XMLRPCDispatcher, parse_call, xmlrpc_factory
 from reactor import Reactor, listen_tcp
 
-from . import _cli
+from . import _cli, _tls
 
 try:
     import fcntl
@@ -337,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-body", type=int, default=MAX_BODY, metavar="BYTES",
                    help=f"largest request body, also once gunzipped (default {MAX_BODY})")
     _cli.add_cidr_flags(p)
+    _tls.add_tls_flags(p)
     args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
     _cli.setup_logging(args.log_level)
     journal = None
     if args.data:
@@ -352,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         listener = listen_tcp(reactor, args.host, args.port,
                               xmlrpc_factory(make_dispatcher(store), max_body=args.max_body),
                               max_connections=args.max_connections, allow=args.allow,
-                              deny=args.deny)
-        return _cli.serve(reactor, [listener], args.grace, [("http", listener.address, "kvstore")])
+                              deny=args.deny, ssl_context=ctx)
+        return _cli.serve(reactor, [listener], args.grace,
+                          [(_tls.scheme("http", ctx), listener.address, "kvstore")])
     finally:
         if journal is not None:
             journal.close()

@@ -206,6 +206,21 @@ def test_wsgi_over_https(service):
     assert (body["path"], body["query"]) == ("/some/path", "q=1")
 
 
+def test_kvstore_over_https_with_stdlib_server_proxy(service):
+    import xmlrpc.client
+    _, endpoint = service("kvstore", *TLS_FLAGS)
+    assert (endpoint.scheme, endpoint.service) == ("https", "kvstore")
+    url = f"https://localhost:{endpoint.port}"
+    with xmlrpc.client.ServerProxy(url, allow_none=True, context=client_ctx()) as proxy:
+        proxy.set("foo", [1, 2, 3])
+        assert proxy.get("foo") == [1, 2, 3] and proxy.exists("foo") and proxy.keys() == ["foo"]
+        with pytest.raises(xmlrpc.client.Fault):
+            proxy.get("missing")
+    untrusted = ssl.create_default_context(cafile=str(CERTS / "other-ca.pem"))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        xmlrpc.client.ServerProxy(url, context=untrusted).keys()
+
+
 def test_multiprocessing_connection_protocol_runs_over_tls_on_one_reactor():
     """mpconn's handlers (with their own authkey handshake) under TLS on both sides: what
     `apps.mpecho --tls-cert` and an mpecho client over TLS will be once wired."""
