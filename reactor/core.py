@@ -405,6 +405,35 @@ class Reactor:
         self._selector.close()
         self._closed = True
 
+    def forget_after_fork(self) -> None:
+        """In a child made by os.fork() while this reactor existed: close this process's copies
+        of every descriptor the reactor holds (each handler's socket, the waker, the selector)
+        and restore the signals' previous handlers, without unregistering anything: the epoll
+        instance is shared with the parent, and EPOLL_CTL_DEL here would remove the parent's
+        registrations.  No handler callback runs.  The reactor is unusable afterwards."""
+        for sig, previous in list(self._signals.items()):
+            signal.signal(sig, previous)
+        self._signals.clear()
+        for handler in list(self._handlers):
+            forget = getattr(handler, "forget_after_fork", None)
+            if forget is not None:
+                forget()
+            for sock in (getattr(handler, "sock", None), getattr(handler, "_rsock", None),
+                         getattr(handler, "_wsock", None)):
+                if isinstance(sock, socket.socket):
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+        poller = getattr(self._selector, "_selector", None)    # the epoll/poll object itself
+        if poller is not None and hasattr(poller, "close"):
+            poller.close()            # closes this process's descriptor only: no EPOLL_CTL_DEL
+        self._handlers.clear()
+        self._by_fd.clear()
+        self._timers.clear()
+        self._ready.clear()
+        self._closed = True
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -34,10 +34,10 @@ from .tls import tls_server_factory
 log = logging.getLogger(__name__)
 
 # Errors that concern one peer only (accept(2): treat the network ones like EAGAIN).
-_SKIP = frozenset(getattr(errno, name) for name in (
+ACCEPT_SKIP = frozenset(getattr(errno, name) for name in (
     "ECONNABORTED", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
     "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
-_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Listener(EventHandler):
@@ -75,7 +75,7 @@ class Listener(EventHandler):
         return self._fd
 
     def wants_to_receive(self) -> bool:
-        return not (self._closed or self._backing_off or self._at_limit())
+        return not (self._closed or self._backing_off) and self.has_room()
 
     def _at_limit(self) -> bool:
         return self.max_connections is not None and len(self.connections) >= self.max_connections
@@ -83,7 +83,7 @@ class Listener(EventHandler):
     def handle_receive(self) -> None:
         reactor = self.reactor
         for _ in range(self.accept_batch):
-            if self._closed or self._at_limit():
+            if self._closed or not self.has_room():
                 return
             try:
                 conn, addr = self.sock.accept()
@@ -91,9 +91,9 @@ class Listener(EventHandler):
                 return
             except OSError as exc:
                 reactor._accept_errors += 1
-                if exc.errno in _SKIP:
+                if exc.errno in ACCEPT_SKIP:
                     continue
-                if exc.errno in _EXHAUSTED:
+                if exc.errno in ACCEPT_EXHAUSTED:
                     self._out_of_descriptors(exc)
                     return
                 raise
@@ -103,17 +103,35 @@ class Listener(EventHandler):
                     addr[0] if isinstance(addr, tuple) else "", self.allow, self.deny):
                 self.refused += 1
                 log.warning("refused connection from %r", addr)
-                _reset(conn)
+                reset(conn)
                 continue
+            self.accepted(conn, addr)
+
+    def has_room(self) -> bool:
+        """May another connection be accepted now?  (Below max_connections by default.)"""
+        return not self._at_limit()
+
+    def accepted(self, conn: socket.socket, addr: Any) -> None:
+        """An allowed, non-blocking connection: serve it (override to send it elsewhere, as the
+        worker acceptor does).  A factory that fails resets that peer only."""
+        try:
+            handler = self.factory(conn, addr)
+        except Exception as exc:            # that peer's problem (it may already be gone)
+            log.error("cannot build a handler for %r: %s", addr, exc, exc_info=exc)
+            reset(conn)
+            return
+        handler.listener = self
+        self.connections.add(handler)
+        self.reactor.add(handler)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copy of the spare descriptor too."""
+        if self._spare is not None:
             try:
-                handler = self.factory(conn, addr)
-            except Exception as exc:            # that peer's problem (it may already be gone)
-                log.error("cannot build a handler for %r: %s", addr, exc, exc_info=exc)
-                _reset(conn)
-                continue
-            handler.listener = self
-            self.connections.add(handler)
-            reactor.add(handler)
+                os.close(self._spare)
+            except OSError:
+                pass
+            self._spare = None
 
     def connection_closed(self, handler: EventHandler) -> None:
         """A connection built here has ended (called by the handler's close path)."""
@@ -130,7 +148,7 @@ class Listener(EventHandler):
             try:
                 for _ in range(self.accept_batch):
                     conn, _ = self.sock.accept()
-                    _reset(conn)
+                    reset(conn)
             except OSError:
                 pass
             self._spare = self._open_spare()
@@ -181,7 +199,7 @@ class Listener(EventHandler):
         return f"<Listener fd={self._fd} connections={len(self.connections)}>"
 
 
-def _reset(conn: socket.socket) -> None:
+def reset(conn: socket.socket) -> None:
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:

@@ -71,8 +71,7 @@ from typing import Any, Callable, Iterable
 
 from .core import Reactor
 from .handler import EventHandler
-from .listener import _EXHAUSTED, _SKIP, Listener, _reset, listen_tcp
-from .networks import peer_allowed
+from .listener import Listener, listen_tcp, reset
 from .tls import tls_server_factory
 
 log = logging.getLogger(__name__)
@@ -225,7 +224,7 @@ class WorkerChannel(EventHandler):
             handler = self.factory(sock, addr)
         except Exception as exc:         # that peer's problem (it may already be gone)
             log.error("cannot build a handler for %r: %s", addr, exc, exc_info=exc)
-            _reset(sock)
+            reset(sock)
             return
         self.adopted += 1
         handler.listener = self
@@ -630,7 +629,7 @@ class WorkerPool:
         """Hand conn to the least-loaded worker that can take it now, else queue it; never
         blocks.  The parent's copy is closed once it is on its way."""
         if self._stopping:
-            _reset(conn)
+            reset(conn)
             return
         if not self._pending:
             while (worker := self._choose()) is not None:
@@ -762,25 +761,9 @@ def _leave_parent(reactor: Reactor, mask: Iterable[int]) -> None:
     """In a new worker: drop the parent's signal handlers and close our copies of everything the
     parent's reactor and pools hold, without touching the epoll instance we share with it."""
     _early_signals.clear()
-    for sig in list(getattr(reactor, "_signals", ())):
-        signal.signal(sig, signal.SIG_DFL)
+    reactor.forget_after_fork()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _remember_signal)
-    for handler in list(getattr(reactor, "_handlers", ())):      # the waker is one of them
-        for name in ("sock", "_rsock", "_wsock"):
-            sock = getattr(handler, name, None)
-            if isinstance(sock, socket.socket):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-        spare = getattr(handler, "_spare", None)         # a Listener's reserved descriptor
-        if isinstance(spare, int):
-            handler._spare = None
-            close_fds([spare])
-    poller = getattr(getattr(reactor, "_selector", None), "_selector", None)
-    if poller is not None and hasattr(poller, "close"):
-        poller.close()          # epoll.close() closes our descriptor only: no EPOLL_CTL_DEL
     for pool in list(_pools):
         pool._close_inherited()
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -789,42 +772,20 @@ def _leave_parent(reactor: Reactor, mask: Iterable[int]) -> None:
 # -- the acceptor and the service ---------------------------------------------------------------
 
 class HandoffListener(Listener):
-    """The acceptor: accepts as Listener does (batches, EMFILE, CIDR), then hands each socket to
-    the pool instead of serving it; stops accepting while the pool has no room."""
+    """The acceptor: accepts as Listener does (batches, EMFILE, CIDR), then
+    hands each socket to the pool instead of serving it; stops accepting while the pool has no
+    room."""
 
     def __init__(self, sock: socket.socket, pool: WorkerPool, **options: Any) -> None:
         super().__init__(sock, _no_factory, **options)
         self.pool = pool
         pool.listener = self
 
-    def wants_to_receive(self) -> bool:
-        return super().wants_to_receive() and self.pool.has_room()
+    def has_room(self) -> bool:
+        return super().has_room() and self.pool.has_room()
 
-    def handle_receive(self) -> None:
-        reactor, pool = self.reactor, self.pool
-        for _ in range(self.accept_batch):
-            if self._closed or not pool.has_room():
-                return
-            try:
-                conn, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                reactor._accept_errors += 1
-                if exc.errno in _SKIP:
-                    continue
-                if exc.errno in _EXHAUSTED:
-                    self._out_of_descriptors(exc)
-                    return
-                raise
-            reactor._accepts += 1
-            if (self.allow or self.deny) and not peer_allowed(
-                    addr[0] if isinstance(addr, tuple) else "", self.allow, self.deny):
-                self.refused += 1
-                log.warning("refused connection from %r", addr)
-                _reset(conn)
-                continue
-            pool.dispatch(conn, addr)
+    def accepted(self, conn: socket.socket, addr: Any) -> None:
+        self.pool.dispatch(conn, addr)
 
     def __repr__(self) -> str:
         return f"<HandoffListener fd={self._fd} pending={self.pool.pending}>"

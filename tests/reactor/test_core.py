@@ -324,3 +324,56 @@ def test_closed_reactor_refuses_handlers():
     a, b = socket.socketpair()
     with a, b, pytest.raises(RuntimeError):
         r.add(Echo(a))
+
+
+def test_forget_after_fork_closes_the_childs_copies_and_leaves_the_parent_registered(reactor):
+    """A forked child closes its copies of the reactor's descriptors without EPOLL_CTL_DEL:
+    the parent's registrations (shared epoll instance) must keep working."""
+    from reactor.testing import stream_pair
+
+    class Reader(EventHandler):
+        def __init__(self, sock):
+            self.sock, self.got = sock, b""
+
+        def fileno(self):
+            return self.sock.fileno()
+
+        def wants_to_receive(self):
+            return True
+
+        def handle_receive(self):
+            self.got += self.sock.recv(100)
+
+    ours, theirs = stream_pair("tcp")
+    h = reactor.add(Reader(ours))
+    reactor.run_once(0)
+    fds = [ours.fileno(), reactor._selector.fileno()]
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # the child: report which fds are still open
+        try:
+            reactor.forget_after_fork()
+            still = [fd for fd in fds if _is_open(fd)]
+            os.write(wfd, repr(still).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    try:
+        report = b""
+        while chunk := os.read(rfd, 100):
+            report += chunk
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    assert report == b"[]"
+    theirs.sendall(b"still here")
+    run_until(reactor, lambda: h.got == b"still here", timeout=5)
+    theirs.close()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
