@@ -1,0 +1,102 @@
+"""multiprocessing.connection echo (recipe 11.7), serving many clients at once.
+
+    python -m apps.mpecho --port 25000 [--authkey KEY] [--no-md5] [--raw] [--auth-timeout S]
+
+The stdlib's own `multiprocessing.connection.Client(address, authkey=...)` connects, and
+`send(obj)` / `recv()` get the object back.  The key is --authkey's UTF-8 bytes, else the
+environment variable REACTOR_AUTHKEY's; without either, 32 random bytes are generated and
+printed once as `authkey <hex>` (a client uses `bytes.fromhex`) before the `listening` line.
+Unlike the recipe's `Listener.accept()` loop, clients authenticate concurrently, each within its
+own deadline, and nothing is unpickled before mutual authentication succeeded.  After it, a
+client is trusted as the stdlib trusts it (its pickles are loaded as Connection.recv loads
+them, up to --max-message bytes); with --raw the server never unpickles at all.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import secrets
+import struct
+import sys
+
+from protocols.mpconn import MAX_MESSAGE, MPConnectionHandler
+from reactor import Reactor, listen_tcp
+
+from . import _cli
+
+DEFAULT_PORT = 25000
+AUTHKEY_ENV = "REACTOR_AUTHKEY"
+_dumps, _pack_i = pickle.dumps, struct.Struct("!i").pack
+
+
+def add_authkey_flags(p: argparse.ArgumentParser) -> None:
+    """--authkey, --auth-timeout (shared by the services that authenticate)."""
+    p.add_argument("--authkey", metavar="KEY",
+                   help=f"shared secret (UTF-8); default ${AUTHKEY_ENV}, else a random key "
+                        "printed as `authkey <hex>`")
+    p.add_argument("--auth-timeout", type=float, default=10.0, metavar="S",
+                   help="close clients not authenticated within S seconds (default 10)")
+
+
+def resolve_authkey(args: argparse.Namespace) -> bytes:
+    """The key from --authkey or the environment; else a fresh one, printed (flushed) once."""
+    text = args.authkey if args.authkey is not None else os.environ.get(AUTHKEY_ENV)
+    if text:
+        return text.encode("utf-8")
+    key = secrets.token_bytes(32)
+    print(f"authkey {key.hex()}", flush=True)
+    return key
+
+
+class EchoHandler(MPConnectionHandler):
+    """The recipe's echo_client: every object back (unpickled and pickled again, as recv/send)."""
+
+    def message_received(self, obj: object) -> None:
+        self.send(obj)
+
+    def bytes_received(self, data: bytes) -> None:
+        # message_received -> send -> send_bytes, in one frame: this runs for every message.
+        try:
+            obj = self.loads(data)
+        except Exception:
+            super().bytes_received(data)         # logs and resets
+            return
+        payload = _dumps(obj, self.pickle_protocol)
+        if len(payload) <= 16384:
+            self.write(_pack_i(len(payload)) + payload)
+        else:
+            self.send_bytes(payload)
+
+
+class RawEchoHandler(MPConnectionHandler):
+    """Every frame back as it came: the same for the client, and never unpickled here."""
+
+    def bytes_received(self, data: bytes) -> None:
+        self.send_bytes(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _cli.parser("multiprocessing.connection echo server (Cookbook 11.7)", DEFAULT_PORT)
+    add_authkey_flags(p)
+    p.add_argument("--no-md5", action="store_true",
+                   help="refuse the HMAC-MD5 handshake of Python <= 3.11 clients")
+    p.add_argument("--max-message", type=int, default=MAX_MESSAGE, metavar="BYTES",
+                   help=f"largest message after authentication (default {MAX_MESSAGE})")
+    p.add_argument("--raw", action="store_true", help="echo frames without unpickling them")
+    _cli.add_cidr_flags(p)
+    args = p.parse_args(argv)
+    _cli.setup_logging(args.log_level)
+    key = resolve_authkey(args)
+    base = RawEchoHandler if args.raw else EchoHandler
+    factory = type("MPEcho", (base,), {
+        "authkey": key, "allow_legacy_md5": not args.no_md5, "auth_timeout": args.auth_timeout,
+        "max_message": args.max_message})
+    reactor = Reactor()
+    listener = listen_tcp(reactor, args.host, args.port, factory,
+                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
+    return _cli.serve(reactor, [listener], args.grace, [("tcp", listener.address, "mpecho")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
