@@ -8,23 +8,39 @@ seconds, close the rest, and exit 0.  Only apps print; everything else logs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
+import secrets
 import signal
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from reactor import Reactor
 from reactor.listener import Listener
 
 log = logging.getLogger("apps")
 
+AUTHKEY_ENV = "REACTOR_AUTHKEY"
 
-def parser(description: str, default_port: int) -> argparse.ArgumentParser:
-    """The shared flags; services add their own."""
+
+@dataclasses.dataclass
+class Mounted:
+    """What one service put on a reactor: the endpoints a stop closes, their `listening` lines
+    as (scheme, address, service), and what to run once the reactor has stopped (a journal to
+    close).  Each app's mount() returns one, so that its main() and apps.serve share the code."""
+    endpoints: list
+    announcements: list[tuple[str, Any, str]]
+    cleanups: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+
+def parser(description: str, default_port: int | None) -> argparse.ArgumentParser:
+    """The shared flags; services add their own.  default_port None: each service's own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=default_port,
-                   help=f"port to bind, 0 picks a free one (default {default_port})")
+                   help="port to bind, 0 picks a free one (default "
+                        f"{default_port if default_port is not None else 'each one its own'})")
     p.add_argument("--log-level", default="WARNING",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--grace", type=float, default=3.0,
@@ -40,6 +56,31 @@ def add_cidr_flags(p: argparse.ArgumentParser) -> None:
                    help="refuse peers in this network (repeatable; wins over --allow)")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="stop accepting at N open connections, resume below")
+
+
+def add_authkey_flags(p: argparse.ArgumentParser) -> None:
+    """--authkey, --auth-timeout (shared by the services that authenticate)."""
+    p.add_argument("--authkey", metavar="KEY",
+                   help=f"shared secret (UTF-8); default ${AUTHKEY_ENV}, else a random key "
+                        "printed as `authkey <hex>`")
+    p.add_argument("--auth-timeout", type=float, default=10.0, metavar="S",
+                   help="close clients not authenticated within S seconds (default 10)")
+
+
+def resolve_authkey(args: argparse.Namespace) -> bytes:
+    """The key from --authkey or the environment; else a fresh one, printed (flushed) once.
+    Remembered on args, so services sharing one namespace share one key and one line."""
+    key = getattr(args, "authkey_bytes", None)
+    if key:
+        return key
+    text = args.authkey if args.authkey is not None else os.environ.get(AUTHKEY_ENV)
+    if text:
+        key = text.encode("utf-8")
+    else:
+        key = secrets.token_bytes(32)
+        print(f"authkey {key.hex()}", flush=True)
+    args.authkey_bytes = key
+    return key
 
 
 def setup_logging(level: str) -> None:
@@ -58,6 +99,18 @@ def endpoint_url(scheme: str, address: Any) -> str:
 def announce(scheme: str, address: Any, service: str) -> None:
     """Print the endpoint's `listening` line and flush it."""
     print(f"listening {endpoint_url(scheme, address)} {service}", flush=True)
+
+
+def run(reactor: Reactor, mounts: Mounted | Iterable[Mounted], grace: float = 3.0) -> int:
+    """serve() what the mounts put on the reactor, then run their cleanups."""
+    mounts = [mounts] if isinstance(mounts, Mounted) else list(mounts)
+    try:
+        return serve(reactor, [e for m in mounts for e in m.endpoints], grace,
+                     [a for m in mounts for a in m.announcements])
+    finally:
+        for mount in mounts:
+            for cleanup in mount.cleanups:
+                cleanup()
 
 
 def serve(reactor: Reactor, endpoints: Iterable[Any], grace: float = 3.0,

@@ -259,7 +259,7 @@ def make_handler(store: ArrayStore | None = None,
                 {"store": store if store is not None else ArrayStore(), "max_bytes": max_bytes})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("Array store (Cookbook 11.13): put/get/list/delete named arrays", DEFAULT_PORT)
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
                    help=f"largest array accepted, refused from its header (default {MAX_BYTES})")
@@ -267,15 +267,24 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"bytes the store may hold, arrays arriving included (default {MAX_TOTAL})")
     _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put the array store's listener on reactor (main() and apps.serve)."""
+    factory = make_handler(ArrayStore(args.max_total), args.max_bytes)
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
+                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
+    return _cli.Mounted([listener], [(_tls.scheme("tcp", ctx), listener.address, "arrays")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     ctx = _tls.context_or_exit(p, args)
     _cli.setup_logging(args.log_level)
-    factory = make_handler(ArrayStore(args.max_total), args.max_bytes)
     reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
-                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace,
-                      [(_tls.scheme("tcp", ctx), listener.address, "arrays")])
+    return _cli.run(reactor, mount(reactor, args, ctx), args.grace)
 
 
 if __name__ == "__main__":

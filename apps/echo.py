@@ -32,7 +32,7 @@ class LineEchoHandler(LineHandler):
         self.write(line)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("TCP echo server (Cookbook 11.2, 11.12)", DEFAULT_PORT)
     p.add_argument("--lines", action="store_true", help="echo line by line")
     p.add_argument("--max-line", type=int, default=LineHandler.max_line,
@@ -40,22 +40,34 @@ def main(argv: list[str] | None = None) -> int:
     _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
     _workers.add_worker_flags(p)
+    return p
+
+
+def make_factory(args):
+    if args.lines:
+        return type("LineEcho", (LineEchoHandler,), {"max_line": args.max_line})
+    return EchoHandler
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put the echo listener on reactor (main() and apps.serve)."""
+    listener = listen_tcp(reactor, args.host, args.port, make_factory(args), ssl_context=ctx,
+                          reuse_port=args.reuse_port, max_connections=args.max_connections,
+                          allow=args.allow, deny=args.deny)
+    return _cli.Mounted([listener], [(_tls.scheme("tcp", ctx), listener.address, "echo")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     ctx = _tls.context_or_exit(p, args)
     _cli.setup_logging(args.log_level)
-    if args.lines:
-        factory = type("LineEcho", (LineEchoHandler,), {"max_line": args.max_line})
-    else:
-        factory = EchoHandler
     if args.workers:
+        factory = make_factory(args)
         return _workers.serve_workers(args, lambda: factory, _tls.scheme("tcp", ctx), "echo",
                                       ssl_context=ctx)
     reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
-                          reuse_port=args.reuse_port, max_connections=args.max_connections,
-                          allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace,
-                      [(_tls.scheme("tcp", ctx), listener.address, "echo")])
+    return _cli.run(reactor, mount(reactor, args, ctx), args.grace)
 
 
 if __name__ == "__main__":

@@ -328,7 +328,10 @@ def make_dispatcher(store: KeyValueStore) -> XMLRPCDispatcher:
     return dispatcher
 
 
-def main(argv: list[str] | None = None) -> int:
+ALPN = ["http/1.1"]
+
+
+def build_parser():
     p = _cli.parser("XML-RPC key-value store (Cookbook 11.6)", DEFAULT_PORT)
     p.add_argument("--data", metavar="PATH", help="journal file: keep the data across restarts")
     p.add_argument("--fsync", action="store_true",
@@ -339,28 +342,42 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"largest request body, also once gunzipped (default {MAX_BODY})")
     _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
-    args = p.parse_args(argv)
-    ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
-    _cli.setup_logging(args.log_level)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Open the journal (OSError, ValueError or RuntimeError if it cannot be) and put the store's
+    listener on reactor (main() and apps.serve); the journal closes after the reactor stops."""
     journal = None
     if args.data:
         journal = Journal(args.data, fsync=args.fsync, compact_min=args.compact_min)
     try:
         store = KeyValueStore(journal)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"kvstore: cannot open the journal: {exc}", file=sys.stderr)
-        return 1
-    reactor = Reactor()
-    try:
         listener = listen_tcp(reactor, args.host, args.port,
                               xmlrpc_factory(make_dispatcher(store), max_body=args.max_body),
                               max_connections=args.max_connections, allow=args.allow,
                               deny=args.deny, ssl_context=ctx)
-        return _cli.serve(reactor, [listener], args.grace,
-                          [(_tls.scheme("http", ctx), listener.address, "kvstore")])
-    finally:
+    except BaseException:
         if journal is not None:
             journal.close()
+        raise
+    return _cli.Mounted([listener], [(_tls.scheme("http", ctx), listener.address, "kvstore")],
+                        [journal.close] if journal is not None else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args, alpn=ALPN)
+    _cli.setup_logging(args.log_level)
+    reactor = Reactor()
+    try:
+        mounted = mount(reactor, args, ctx)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"kvstore: cannot start: {exc}", file=sys.stderr)
+        reactor.close()
+        return 1
+    return _cli.run(reactor, mounted, args.grace)
 
 
 if __name__ == "__main__":

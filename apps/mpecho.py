@@ -13,40 +13,21 @@ them, up to --max-message bytes); with --raw the server never unpickles at all.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import pickle
-import secrets
 import struct
 import sys
 
 from protocols.mpconn import MAX_MESSAGE, MPConnectionHandler
 from reactor import Reactor, listen_tcp
 
-from . import _cli
+from . import _cli, _tls
 
 DEFAULT_PORT = 25000
-AUTHKEY_ENV = "REACTOR_AUTHKEY"
+AUTHKEY_ENV = _cli.AUTHKEY_ENV
 _dumps, _pack_i = pickle.dumps, struct.Struct("!i").pack
 
 
-def add_authkey_flags(p: argparse.ArgumentParser) -> None:
-    """--authkey, --auth-timeout (shared by the services that authenticate)."""
-    p.add_argument("--authkey", metavar="KEY",
-                   help=f"shared secret (UTF-8); default ${AUTHKEY_ENV}, else a random key "
-                        "printed as `authkey <hex>`")
-    p.add_argument("--auth-timeout", type=float, default=10.0, metavar="S",
-                   help="close clients not authenticated within S seconds (default 10)")
-
-
-def resolve_authkey(args: argparse.Namespace) -> bytes:
-    """The key from --authkey or the environment; else a fresh one, printed (flushed) once."""
-    text = args.authkey if args.authkey is not None else os.environ.get(AUTHKEY_ENV)
-    if text:
-        return text.encode("utf-8")
-    key = secrets.token_bytes(32)
-    print(f"authkey {key.hex()}", flush=True)
-    return key
+add_authkey_flags, resolve_authkey = _cli.add_authkey_flags, _cli.resolve_authkey   # shared
 
 
 class EchoHandler(MPConnectionHandler):
@@ -76,7 +57,7 @@ class RawEchoHandler(MPConnectionHandler):
         self.send_bytes(data)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("multiprocessing.connection echo server (Cookbook 11.7)", DEFAULT_PORT)
     add_authkey_flags(p)
     p.add_argument("--no-md5", action="store_true",
@@ -85,17 +66,30 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"largest message after authentication (default {MAX_MESSAGE})")
     p.add_argument("--raw", action="store_true", help="echo frames without unpickling them")
     _cli.add_cidr_flags(p)
-    args = p.parse_args(argv)
-    _cli.setup_logging(args.log_level)
+    _tls.add_tls_flags(p)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put the echo listener on reactor (main() and apps.serve); the key is resolved here (and
+    printed if generated) unless args already carries one."""
     key = resolve_authkey(args)
     base = RawEchoHandler if args.raw else EchoHandler
     factory = type("MPEcho", (base,), {
         "authkey": key, "allow_legacy_md5": not args.no_md5, "auth_timeout": args.auth_timeout,
         "max_message": args.max_message})
-    reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, factory,
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
                           max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [("tcp", listener.address, "mpecho")])
+    return _cli.Mounted([listener], [(_tls.scheme("tcp", ctx), listener.address, "mpecho")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args)
+    _cli.setup_logging(args.log_level)
+    reactor = Reactor()
+    return _cli.run(reactor, mount(reactor, args, ctx), args.grace)
 
 
 if __name__ == "__main__":

@@ -263,15 +263,33 @@ def make_app() -> PathDispatcher:
     return d
 
 
-def main(argv: list[str] | None = None) -> int:
+ALPN = ["http/1.1"]
+
+
+def build_parser():
     p = _cli.parser("REST service (Cookbook 11.5) with httpbin-style endpoints", DEFAULT_PORT)
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="run the WSGI app on N threads (for blocking apps; default: inline)")
     _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
     _workers.add_worker_flags(p)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put the REST listener on reactor (main() and apps.serve)."""
+    scheme = _tls.scheme("http", ctx)
+    factory = wsgi_factory(make_app(), threads=args.threads, url_scheme=scheme)
+    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
+                          reuse_port=args.reuse_port, max_connections=args.max_connections,
+                          allow=args.allow, deny=args.deny)
+    return _cli.Mounted([listener], [(scheme, listener.address, "rest")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
-    ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
+    ctx = _tls.context_or_exit(p, args, alpn=ALPN)
     _cli.setup_logging(args.log_level)
     if args.workers:
         scheme = _tls.scheme("http", ctx)
@@ -279,12 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             args, lambda: wsgi_factory(make_app(), threads=args.threads, url_scheme=scheme),
             scheme, "rest", ssl_context=ctx)
     reactor = Reactor()
-    scheme = _tls.scheme("http", ctx)
-    factory = wsgi_factory(make_app(), threads=args.threads, url_scheme=scheme)
-    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
-                          reuse_port=args.reuse_port, max_connections=args.max_connections,
-                          allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [(scheme, listener.address, "rest")])
+    return _cli.run(reactor, mount(reactor, args, ctx), args.grace)
 
 
 if __name__ == "__main__":

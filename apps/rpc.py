@@ -16,8 +16,7 @@ import sys
 from protocols.rpc import RPCHandler, json_rpc_server, pickle_rpc_server
 from reactor import Reactor, listen_tcp
 
-from . import _cli
-from .mpecho import add_authkey_flags, resolve_authkey
+from . import _cli, _tls, _workers
 
 DEFAULT_PORT = 17000
 
@@ -38,30 +37,49 @@ def make_handler() -> RPCHandler:
     return handler
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("RPC server (Cookbook 11.8, with 11.9 authentication)", DEFAULT_PORT)
     p.add_argument("--codec", choices=["json", "pickle"], default="json",
                    help="json frames behind HMAC auth (default), or pickle over "
                         "multiprocessing.connection")
-    add_authkey_flags(p)
+    _cli.add_authkey_flags(p)
     p.add_argument("--mutual", action="store_true",
                    help="json: the client checks the server too (both sides must agree)")
     p.add_argument("--no-md5", action="store_true",
                    help="pickle: refuse the HMAC-MD5 handshake of Python <= 3.11 clients")
     _cli.add_cidr_flags(p)
-    args = p.parse_args(argv)
-    _cli.setup_logging(args.log_level)
-    key = resolve_authkey(args)
+    _tls.add_tls_flags(p)
+    _workers.add_worker_flags(p)
+    return p
+
+
+def make_factory(args, key: bytes):
     rpc = make_handler()
     if args.codec == "pickle":
-        factory = pickle_rpc_server(rpc, key, allow_legacy_md5=not args.no_md5,
-                                    auth_timeout=args.auth_timeout)
-    else:
-        factory = json_rpc_server(rpc, key, mutual=args.mutual, auth_timeout=args.auth_timeout)
-    reactor = Reactor()
-    listener = listen_tcp(reactor, args.host, args.port, factory,
+        return pickle_rpc_server(rpc, key, allow_legacy_md5=not args.no_md5,
+                                 auth_timeout=args.auth_timeout)
+    return json_rpc_server(rpc, key, mutual=args.mutual, auth_timeout=args.auth_timeout)
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put the RPC listener on reactor (main() and apps.serve)."""
+    listener = listen_tcp(reactor, args.host, args.port, make_factory(args, _cli.resolve_authkey(args)),
+                          ssl_context=ctx, reuse_port=args.reuse_port,
                           max_connections=args.max_connections, allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [("tcp", listener.address, "rpc")])
+    return _cli.Mounted([listener], [(_tls.scheme("tcp", ctx), listener.address, "rpc")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    ctx = _tls.context_or_exit(p, args)
+    _cli.setup_logging(args.log_level)
+    if args.workers:
+        key = _cli.resolve_authkey(args)          # before the fork: every worker has the same
+        return _workers.serve_workers(args, lambda: make_factory(args, key),
+                                      _tls.scheme("tcp", ctx), "rpc", ssl_context=ctx)
+    reactor = Reactor()
+    return _cli.run(reactor, mount(reactor, args, ctx), args.grace)
 
 
 if __name__ == "__main__":

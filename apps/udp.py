@@ -29,18 +29,27 @@ class UDPEchoServer(DatagramHandler):
         self.sendto(data, addr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("UDP time and echo servers (Cookbook 11.3, 11.12)", DEFAULT_PORT)
     p.add_argument("--echo-port", type=int, default=None,
                    help=f"echo port (default {DEFAULT_ECHO_PORT}, or 0 when --port is 0)")
-    args = p.parse_args(argv)
-    _cli.setup_logging(args.log_level)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
+    """Put both UDP servers on reactor (main() and apps.serve); UDP has no TLS (ctx unused)."""
     echo_port = args.echo_port if args.echo_port is not None else (0 if args.port == 0 else DEFAULT_ECHO_PORT)
-    reactor = Reactor()
     time_server = bind_udp(reactor, args.host, args.port, UDPTimeServer)
     echo_server = bind_udp(reactor, args.host, echo_port, UDPEchoServer)
-    return _cli.serve(reactor, [time_server, echo_server], args.grace,
-                      [("udp", time_server.address, "time"), ("udp", echo_server.address, "echo")])
+    return _cli.Mounted([time_server, echo_server],
+                        [("udp", time_server.address, "time"), ("udp", echo_server.address, "echo")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _cli.setup_logging(args.log_level)
+    reactor = Reactor()
+    return _cli.run(reactor, mount(reactor, args), args.grace)
 
 
 if __name__ == "__main__":

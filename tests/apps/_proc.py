@@ -27,6 +27,8 @@ LISTENING = re.compile(
     r"listening (?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})"
     r" (?P<service>[A-Za-z0-9_.-]+)")
 
+AUTHKEY = re.compile(r"authkey [0-9a-f]{64}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
@@ -44,6 +46,7 @@ class AppProcess(subprocess.Popen):
     """A Popen that remembers what the app printed."""
 
     stdout_lines: list[str]
+    authkey: bytes | None = None         # from an `authkey <hex>` line, if the app printed one
     stderr_text: str = ""
     stdout_rest: str = ""
 
@@ -55,6 +58,7 @@ def start(name: str, *args: str, count: int = 1, timeout: float = 10.0,
     proc = AppProcess(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE)
     proc.stdout_lines = []
+    proc.authkey = None
     try:
         endpoints = _read_listening(proc, count, timeout)
     except BaseException:
@@ -85,9 +89,12 @@ def _read_listening(proc: AppProcess, count: int, timeout: float) -> list[Endpoi
             raw, buf = buf.split(b"\n", 1)
             line = raw.decode()
             proc.stdout_lines.append(line)
+            if AUTHKEY.fullmatch(line):
+                proc.authkey = bytes.fromhex(line.split()[1])     # a generated key, printed once
+                continue
             m = LISTENING.fullmatch(line)
             if m is None:
-                raise AssertionError(f"not a `listening` line: {line!r}")
+                raise AssertionError(f"not a `listening` or `authkey` line: {line!r}")
             endpoints.append(Endpoint(m["scheme"], m["host"], int(m["port"]), m["service"]))
     if buf:
         raise AssertionError(f"partial line after the listening lines: {buf!r}")
