@@ -392,15 +392,22 @@ class RPCProxy(_Proxy):
 
 
 def connect(address: tuple[str, int], key: bytes, codec: str = "json", *, mutual: bool = False,
-            timeout: float | None = 30.0) -> RPCProxy:
-    """A blocking RPCProxy to address: JSON behind the HMAC stage, or pickle over a stdlib
-    multiprocessing.connection.Client (answers read with the restricted Unpickler)."""
+            timeout: float | None = 30.0, ssl_context: Any = None,
+            server_hostname: str | None = None) -> RPCProxy:
+    """A blocking RPCProxy to address: JSON behind the HMAC stage (over TLS with ssl_context,
+    verifying server_hostname, default the host), or pickle over a stdlib
+    multiprocessing.connection.Client (answers read with the restricted Unpickler; the stdlib
+    Client has no TLS)."""
     if codec == "pickle":
+        if ssl_context is not None:
+            raise ValueError("the pickle codec rides multiprocessing.connection, which has no TLS")
         from multiprocessing.connection import Client
         return RPCProxy(Client(address, authkey=key), "pickle", timeout=timeout)
     sock = socket.create_connection(address, timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or address[0])
         client_authenticate(sock, key, mutual=mutual, timeout=timeout)
     except BaseException:
         sock.close()

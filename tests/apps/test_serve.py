@@ -113,6 +113,19 @@ def test_tls_for_every_stream_service(serve):
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(b"x")
             assert s.recv(10) == b"x"
+    with xmlrpc.client.ServerProxy(f"https://localhost:{eps['https', 'kvstore'].port}",
+                                   context=ctx) as p:
+        p.set("k", 1)
+        assert p.get("k") == 1
+    proxy = connect(eps["tls", "rpc"].address, proc.authkey, ssl_context=ctx,
+                    server_hostname="localhost")
+    try:
+        assert proxy.add(20, 22) == 42
+    finally:
+        proxy.close()
+    with ArrayClient(eps["tls", "arrays"].address, ssl_context=ctx) as client:
+        client.put("b", b"bytes")
+        assert bytes(client.get("b")) == b"bytes"
 
 
 def test_kvstore_data_survives_a_restart(serve, tmp_path):
