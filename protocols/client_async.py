@@ -13,6 +13,12 @@ https-to-http downgrade (refused unless allowed).
 
 A request without headers of its own, cookies or a body takes a short path through all of this:
 its URL is parsed once and cached, its fields are the client's three, and no jar is consulted.
+
+Whatever a call's outcome, it reaches the future: a request refused in `request()` itself fails
+its future there, but its callbacks wait for the next turn (never re-entrantly inside
+`request()`); a Location that cannot be followed fails the call as an InvalidResponse.  The
+caller's Host replaces ours (one Host field, RFC 9112 3.2) but does not follow a redirect to
+another origin; a Location is read as UTF-8 when it is, as servers send non-ASCII paths.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from .client_body import encode_body
 from .client_conn import MAX_PER_HOST, MAX_RESPONSE_BODY, POOL_IDLE_TIMEOUT, ConnectionPool
 from .client_handler import _Exchange
 from .client_request import (HTTPClientError, InsecureRedirect, InvalidRequest, InvalidResponse,
-                             InvalidURL, RequestCancelled, TooManyRedirects, _encode_header,
+                             RequestCancelled, TooManyRedirects, _encode_header,
                              _header_items, _TOKEN, basic_auth, parse_url)
 from .client_response import REDIRECT_CODES, Response, ResponseFuture
 
@@ -63,7 +69,7 @@ class HTTPClient(ConnectionPool):
                          ssl_context=ssl_context, pool_idle_timeout=pool_idle_timeout)
         self.headers: dict[str, Any] = dict(headers or {})
         self.auth = auth
-        if isinstance(cookies, _cookies.CookieJar):
+        if isinstance(cookies, http.cookiejar.CookieJar):
             self.cookies = cookies
         else:
             self.cookies = _cookies.CookieJar()
@@ -72,7 +78,13 @@ class HTTPClient(ConnectionPool):
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.allow_https_downgrade = allow_https_downgrade
-        self._base_headers = [(b"user-agent", user_agent.encode("latin-1")), (b"accept", b"*/*")]
+        # A bad user_agent fails each request, before anything connects, as a bad header does.
+        self._config_error: str | None = None
+        try:
+            self._base_headers = [_encode_header("user-agent", user_agent), (b"accept", b"*/*")]
+        except InvalidRequest as exc:
+            self._base_headers = [(b"accept", b"*/*")]
+            self._config_error = f"user_agent: {exc}"
 
     # -- the public calls --------------------------------------------------------------------------
 
@@ -90,17 +102,21 @@ class HTTPClient(ConnectionPool):
         future = ResponseFuture()
         if callback is not None:
             future.add_done_callback(callback)
+        self._starting += 1         # what completes the future in here defers its callbacks
         try:
-            ex = self._prepare(method, url, params, headers, data, json, files, auth, cookies,
-                               timeout, allow_redirects, max_redirects, allow_https_downgrade)
-        except (HTTPClientError, ValueError, TypeError) as exc:
-            if not isinstance(exc, HTTPClientError):
-                exc = InvalidRequest(str(exc), url if isinstance(url, str) else None)
-            future._finish(None, exc)
-            return future
-        ex.future = future
-        future._canceller = lambda: self._cancel(ex)
-        self._dispatch(ex)
+            try:
+                ex = self._prepare(method, url, params, headers, data, json, files, auth, cookies,
+                                   timeout, allow_redirects, max_redirects, allow_https_downgrade)
+            except (HTTPClientError, ValueError, TypeError) as exc:
+                if not isinstance(exc, HTTPClientError):
+                    exc = InvalidRequest(str(exc), url if isinstance(url, str) else None)
+                self._finish(future, None, exc)
+                return future
+            ex.future = future
+            future._canceller = lambda: self._cancel(ex)
+            self._dispatch(ex)
+        finally:
+            self._starting -= 1
         return future
 
     def submit(self, method: str | bytes, url: str, **kwargs: Any) -> ResponseFuture:
@@ -110,7 +126,11 @@ class HTTPClient(ConnectionPool):
         def start() -> None:
             if outer.done():                    # cancelled before the reactor got to it
                 return
-            inner = self.request(method, url, **kwargs)
+            try:
+                inner = self.request(method, url, **kwargs)
+            except Exception as exc:            # e.g. an unknown keyword: the waiter hears it
+                outer._finish(None, exc)
+                return
             outer._canceller = lambda: self.reactor.call_soon_threadsafe(inner.cancel)
             inner.add_done_callback(lambda f: outer._finish(f._result, f._exception))
         self.reactor.call_soon_threadsafe(start)
@@ -142,10 +162,13 @@ class HTTPClient(ConnectionPool):
                  max_redirects: int | None, allow_downgrade: bool | None) -> _Exchange:
         if self._closed:
             raise RequestCancelled("client closed", url)
+        if self._config_error is not None:
+            raise InvalidRequest(self._config_error, url if isinstance(url, str) else None)
         if isinstance(method, str):
             method = method.encode("ascii", "replace")
         if not isinstance(method, bytes) or not _TOKEN.fullmatch(method.decode("latin-1")):
             raise InvalidRequest(f"invalid method {method!r}", url)
+        method = method.upper()             # as requests and httpx: "head" is HEAD
         parsed = parse_url(url, params)
         if data is None and json is None and files is None:
             body = content_type = None
@@ -213,16 +236,21 @@ class HTTPClient(ConnectionPool):
         headers = [(b"host", url.host_header.encode("ascii")), *self._base_headers]
         extra = ex.extra
         if extra or ex.drop:
-            names = {name for name, _ in extra} | ex.drop
-            headers = headers[:1] + [f for f in headers[1:] if f[0] not in names] + extra
+            names = {name for name, _ in extra} | (ex.drop - {b"host"})
+            if b"host" in names:            # the caller's Host, in the place of ours: first
+                headers = ([f for f in extra if f[0] == b"host"]
+                           + [f for f in headers[1:] if f[0] not in names]
+                           + [f for f in extra if f[0] != b"host"])
+            else:
+                headers = headers[:1] + [f for f in headers[1:] if f[0] not in names] + extra
         if ex.auth is not None:
             headers.append((b"authorization", ex.auth))
         jar = ex.jar
         if not ex.explicit_cookie and not _cookies.is_empty(jar):
             value = _cookies.cookie_header(jar, _cookies.jar_request(
                 url.url, ex.origin_host, redirected=bool(ex.history)))
-            if value:
-                headers.append((b"cookie", value.encode("latin-1")))
+            if value:                       # checked like any field: a cookie with CR/LF in it
+                headers.append(_encode_header(b"cookie", value, url.url))
         body = ex.body
         if body is None:
             if ex.method in (b"POST", b"PUT", b"PATCH"):
@@ -244,8 +272,8 @@ class HTTPClient(ConnectionPool):
         if ex.timer is not None:
             ex.timer.cancel()
             ex.timer = None
-        head, chunks = ex.head, ex.chunks
-        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        head, data = ex.head, ex.data
+        content = b"" if data is None else data if type(data) is bytes else bytes(data)
         response = Response(head.status_code, head.reason, head.headers, content, ex.url.url,
                             head.http_version.decode("ascii"), (ex.method, ex.url.url, ex.headers))
         set_cookies = None
@@ -271,7 +299,7 @@ class HTTPClient(ConnectionPool):
                 return
         ex.done = True
         response.history = ex.history
-        ex.future._finish(response, None)
+        self._finish(ex.future, response, None)
 
     def _redirect(self, ex: _Exchange, response: Response, location: str) -> _Exchange:
         """The next hop of a redirect, with what must not follow it removed."""
@@ -280,7 +308,7 @@ class HTTPClient(ConnectionPool):
         try:
             target = urllib.parse.urljoin(ex.url.url, location)
             url = parse_url(target)
-        except InvalidURL as exc:
+        except ValueError as exc:           # InvalidURL, or urljoin's "Invalid IPv6 URL"
             raise InvalidResponse(f"bad Location in the redirect from {ex.url.url}: {exc}",
                                   ex.url.url, response) from None
         if ex.url.scheme == "https" and url.scheme == "http" and not ex.allow_downgrade:
@@ -303,9 +331,9 @@ class HTTPClient(ConnectionPool):
         if body is None:
             extra = [f for f in extra if f[0] != b"content-type"]
         nxt.auth = ex.auth
-        if url.key != ex.url.key:        # another origin: credentials stay behind
+        if url.key != ex.url.key:        # another origin: credentials and our Host stay behind
             nxt.auth = None
-            extra = [f for f in extra if f[0] not in (b"authorization", b"cookie")]
+            extra = [f for f in extra if f[0] not in (b"authorization", b"cookie", b"host")]
             nxt.explicit_cookie = False
         nxt.extra = extra
         nxt.future._canceller = lambda: self._cancel(nxt)
@@ -314,13 +342,19 @@ class HTTPClient(ConnectionPool):
 
 
 def _location(headers: list) -> str | None:
+    """The Location field: UTF-8 if it decodes as such (servers send raw UTF-8 paths; requests
+    reads them so too), else latin-1, the bytes as they came."""
     for name, value in headers:
         if name == b"location":
-            return value.decode("latin-1")
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return value.decode("latin-1")
     return None
 
 
 def _any_host_cookie(name: str, value: str) -> http.cookiejar.Cookie:
-    """A cookie given to the client itself: no origin yet, so any host, path /."""
-    return http.cookiejar.Cookie(0, name, value, None, False, "", False, False, "/", True, False,
+    """A cookie given to the client itself: no origin yet, so any host, path /.  Its empty
+    domain is "specified", which the strict policy needs to send it to every host."""
+    return http.cookiejar.Cookie(0, name, value, None, False, "", True, False, "/", True, False,
                                  None, True, None, None, {})

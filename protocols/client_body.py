@@ -12,7 +12,8 @@ stale kept-alive connection need.
 Multipart follows what browsers, curl and urllib3 send (the WHATWG form-data encoding, RFC 7578):
 a random boundary checked against the in-memory parts; field names and filenames in quoted
 strings where `"`, CR and LF are percent-encoded (a raw CR/LF there would let a filename add
-headers to its part); non-ASCII names as raw UTF-8, never `filename*` (RFC 7578 4.2 forbids it).
+headers to its part), and a content type or extra part header holding CR, LF or NUL refused;
+non-ASCII names as raw UTF-8, never `filename*` (RFC 7578 4.2 forbids it).
 No I/O but reading the caller's file objects, which happens only when the client asks for the
 next piece.
 """
@@ -72,7 +73,12 @@ class IterBody(BodyStream):
     def __iter__(self) -> Iterator[bytes]:
         self._used = True
         for piece in self._pieces:
-            yield piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+            if isinstance(piece, str):
+                yield piece.encode("utf-8")
+            elif isinstance(piece, (bytes, bytearray, memoryview)):
+                yield bytes(piece)
+            else:                       # bytes(3) would be b"\0\0\0", bytes(10**9) a GB of them
+                raise TypeError(f"a body iterable yields bytes or str, not {type(piece).__name__}")
 
     def rewind(self) -> bool:
         return not self._used
@@ -83,15 +89,14 @@ class MultipartBody(BodyStream):
 
     def __init__(self, fields: list[tuple[str, str | bytes]], files: list[tuple],
                  boundary: str | None = None) -> None:
-        # files: (field name, filename or None, source, content type or None, extra headers)
+        # files: (field name, filename, source, content type or None, extra headers); a None
+        # filename makes the part a form field with no filename (requests' (None, value))
         parts: list[tuple[bytes, Any]] = []     # (part head, bytes or (file, start, size))
         for name, value in fields:
             value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
             parts.append((_part_head(name, None, None, {}), value))
         for name, filename, source, ctype, extra in files:
-            if filename is None:
-                filename = _default_filename(source, name)
-            if ctype is None:
+            if ctype is None and filename is not None:
                 ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
             head = _part_head(name, filename, ctype, extra or {})
             if isinstance(source, (bytes, bytearray, memoryview, str)):
@@ -148,6 +153,8 @@ def _part_head(name: str, filename: str | None, ctype: str | None, extra: dict) 
         disposition += f'; filename="{_quote_param(filename)}"'
     lines = [disposition]
     if ctype is not None:
+        if any(c in ctype for c in "\r\n\0"):
+            raise ValueError(f"control character in the multipart content type {ctype!r}")
         lines.append(f"Content-Type: {ctype}")
     for key, value in extra.items():
         if any(c in f"{key}{value}" for c in "\r\n\0"):
@@ -239,10 +246,11 @@ def _pairs(data: Any) -> list[tuple[Any, Any]]:
 
 
 def _file_entries(files: Any) -> list[tuple]:
-    """Normalise requests-style files= into (name, filename, source, content type, headers)."""
+    """Normalise requests-style files= into (name, filename, source, content type, headers):
+    a bare source is named after its file (or the field); a (None, value) tuple is a field."""
     out = []
     for name, spec in (files.items() if hasattr(files, "items") else files):
-        filename = ctype = None
+        ctype = None
         extra: dict = {}
         if isinstance(spec, (tuple, list)):
             if not 2 <= len(spec) <= 4:
@@ -254,6 +262,7 @@ def _file_entries(files: Any) -> list[tuple]:
                 extra = dict(spec[3])
         else:
             source = spec
+            filename = _default_filename(source, str(name))
         out.append((str(name), filename, source, ctype, extra))
     return out
 

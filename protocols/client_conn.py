@@ -10,7 +10,11 @@ queue and takes the next connection freed.  Connecting resolves a name at most o
 whose kept-alive connection closes before any byte of the response arrived (the server timed it
 out as we reused it) is sent once more on a new connection, if it is idempotent and its body
 can be replayed.  The one read timer of an exchange is re-armed from the time of the last byte,
-never reset per read.
+never reset per read.  Nothing is kept for an origin with no connection and no waiting request,
+and a kept-alive connection idle past pool_idle_timeout is closed by one timer for the whole
+pool (armed only while some connection is idle), so a long-lived client that met many hosts
+holds neither sockets nor bookkeeping for them.  A Session, whose reactor turns only during a
+call, turns that timer off and calls `close_expired()` before each call instead.
 
 https:// goes through the reactor's TLS layer (reactor/tls.py), which verifies the certificate
 and the host name by the client's SSLContext; on_connect comes only after the handshake, and
@@ -76,12 +80,17 @@ class ConnectionPool:
         self.max_per_host, self.max_body = max_per_host, max_body
         self.verify, self._ssl_context = verify, ssl_context
         self.pool_idle_timeout = pool_idle_timeout
+        # per origin, an entry only while it has something: never one per origin ever seen
         self._idle: dict[tuple, list[_ClientHandler]] = {}
-        self._open: dict[tuple, int] = {}          # connections open or opening, per origin
+        self._open: dict[tuple, int] = {}          # connections open or opening
         self._waiting: dict[tuple, collections.deque] = {}
         self._handlers: set[_ClientHandler] = set()
+        self._connecting: set[_Exchange] = set()   # exchanges whose TCP connect is under way
         self._addresses: dict[tuple[str, int], tuple[float, list]] = {}
         self._closed = False
+        self._idle_timer: Any = None
+        self.idle_timer_enabled = True             # Session turns it off (see the top)
+        self._starting = 0         # inside request(): completions defer their callbacks
 
     @property
     def connections(self) -> int:
@@ -89,19 +98,64 @@ class ConnectionPool:
         return sum(self._open.values())
 
     def close(self) -> None:
-        """Close idle connections, abort busy ones (their requests fail), refuse new requests."""
+        """Close idle connections, abort busy ones and those still connecting (their requests
+        fail), refuse new requests."""
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for queue in self._waiting.values():
             for ex in list(queue):
                 self._failed(ex, RequestCancelled("client closed", ex.url.url))
         self._waiting.clear()
+        for ex in list(self._connecting):          # nothing was sent: stop before it is
+            self._connecting.discard(ex)
+            connector, ex.connector = ex.connector, None
+            if connector is not None:
+                connector.cancel()                 # calls no callback
+            self._forget_open(ex.url.key)
+            self._failed(ex, RequestCancelled("client closed", ex.url.url))
         for handler in list(self._handlers):
-            ex = handler.exchange
+            ex, pending = handler.exchange, handler.connecting
             if ex is not None:
                 handler._abandon(RequestCancelled("client closed", ex.url.url))
+            elif pending is not None:              # in the TLS handshake
+                handler.connecting = None
+                self._failed(pending, RequestCancelled("client closed", pending.url.url))
+                handler.abort()
             else:
                 handler.close()
         self._idle.clear()
+
+    def close_expired(self) -> None:
+        """Close the kept-alive connections idle for pool_idle_timeout or longer."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()       # called directly: the timer is re-armed below
+            self._idle_timer = None
+        now, limit = self.reactor.now, self.pool_idle_timeout
+        expired: list[_ClientHandler] = []
+        earliest = None
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for handler in idle:
+                if now - handler.idle_since >= limit:
+                    expired.append(handler)
+                else:
+                    keep.append(handler)
+                    if earliest is None or handler.idle_since < earliest:
+                        earliest = handler.idle_since
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        for handler in expired:
+            handler.close()
+        if earliest is not None:
+            self._arm_idle_timer(earliest + limit - now)
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        if self._idle_timer is None and self.idle_timer_enabled and not self._closed:
+            self._idle_timer = self.reactor.call_later(delay, self.close_expired)
 
     def _response(self, ex: _Exchange) -> None:
         """A hop's response is complete (ex.head, ex.chunks): the client decides what follows."""
@@ -116,6 +170,8 @@ class ConnectionPool:
                 now, limit = self.reactor.now, self.pool_idle_timeout
                 while idle:
                     handler = idle.pop()
+                    if not idle:
+                        del self._idle[key]
                     if handler.usable(now, limit):
                         ex.reused = True
                         handler.start(ex)
@@ -158,6 +214,8 @@ class ConnectionPool:
         made: list[_ClientHandler] = []
 
         def factory(sock: socket.socket, address: Any) -> _ClientHandler:
+            self._connecting.discard(ex)
+            ex.connector = None
             handler = _ClientHandler(sock, address, self, key)
             handler.connecting = ex
             self._handlers.add(handler)
@@ -172,6 +230,8 @@ class ConnectionPool:
                 handler.start(ex)
 
         def failed(exc: BaseException) -> None:
+            self._connecting.discard(ex)
+            ex.connector = None
             if made:                    # TCP was up, TLS failed: the handler's close counts it
                 made[0].connecting = None
                 self._failed(ex, _connect_error(exc, url))
@@ -181,15 +241,21 @@ class ConnectionPool:
                 self._connect_failed(key)
                 self._failed(ex, _connect_error(exc, url))
 
+        self._connecting.add(ex)
         try:
-            open_stream(self.reactor, url.scheme, ip, url.port, factory,
-                        server_hostname=url.host, ssl_context=self._tls_context(url),
-                        timeout=ex.connect_timeout, on_connect=connected, on_error=failed)
+            connector = open_stream(self.reactor, url.scheme, ip, url.port, factory,
+                                    server_hostname=url.host, ssl_context=self._tls_context(url),
+                                    timeout=ex.connect_timeout, on_connect=connected,
+                                    on_error=failed)
         except HTTPClientError as exc:
+            self._connecting.discard(ex)
             self._connect_failed(key)
             self._failed(ex, exc)
         except (OSError, ValueError) as exc:
             failed(exc)
+        else:                           # unless it already ended (or a retry replaced it)
+            if ex in self._connecting and ex.connector is None and not made:
+                ex.connector = connector
 
     def _tls_context(self, url: URL) -> Any:
         if url.scheme != "https":
@@ -205,8 +271,16 @@ class ConnectionPool:
         return self._ssl_context
 
     def _connect_failed(self, key: tuple) -> None:
-        self._open[key] -= 1
+        self._forget_open(key)
         self._next_waiting(key)
+
+    def _forget_open(self, key: tuple) -> None:
+        """One connection of this origin fewer; the origin's entry goes with its last one."""
+        left = self._open[key] - 1
+        if left:
+            self._open[key] = left
+        else:
+            del self._open[key]
 
     def _next_waiting(self, key: tuple) -> None:
         queue = self._waiting.get(key)
@@ -214,21 +288,27 @@ class ConnectionPool:
             ex = queue.popleft()
             if not ex.done:
                 self._connect(ex)
+        if queue is not None and not queue:
+            del self._waiting[key]
 
     def _release(self, handler: _ClientHandler) -> None:
         """A connection finished an exchange cleanly: the next waiting request, or the pool."""
         if self._closed:
             handler.close()
             return
-        queue = self._waiting.get(handler.key)
+        key = handler.key
+        queue = self._waiting.get(key)
         while queue:
             ex = queue.popleft()
+            if not queue:
+                del self._waiting[key]
             if not ex.done:
                 ex.reused = True
                 handler.start(ex)
                 return
         handler.idle_since = self.reactor.now
-        self._idle.setdefault(handler.key, []).append(handler)
+        self._idle.setdefault(key, []).append(handler)
+        self._arm_idle_timer(self.pool_idle_timeout)
 
     def _lost(self, handler: _ClientHandler) -> None:
         """A connection closed (any way): forget it, and let a waiting request connect."""
@@ -239,7 +319,9 @@ class ConnectionPool:
         idle = self._idle.get(key)
         if idle and handler in idle:
             idle.remove(handler)
-        self._open[key] -= 1
+            if not idle:
+                del self._idle[key]
+        self._forget_open(key)
         if not self._closed:
             self._next_waiting(key)
 
@@ -278,14 +360,23 @@ class ConnectionPool:
         err.__cause__ = exc
         self._failed(ex, err)
 
-    def _failed(self, ex: _Exchange, exc: BaseException) -> None:
-        if ex.done:
+    def _failed(self, ex: _Exchange, exc: BaseException, force: bool = False) -> None:
+        """The call of ex fails with exc (force: even if ex was marked done on the way)."""
+        if ex.done and not force:
             return
         ex.done = True
         if ex.timer is not None:
             ex.timer.cancel()
             ex.timer = None
-        ex.future._finish(None, exc)
+        self._finish(ex.future, None, exc)
+
+    def _finish(self, future: Any, result: Any, exc: BaseException | None) -> None:
+        """Complete a call's future; inside request() its callbacks wait for call_soon, so
+        that none runs before request() returned the future (as asyncio's never do)."""
+        if self._starting:
+            future._finish(result, exc, schedule=self.reactor.call_soon)
+        else:
+            future._finish(result, exc)
 
     def _cancel(self, ex: _Exchange) -> None:
         """future.cancel(): the exchange stops; a connection carrying it is aborted."""

@@ -10,13 +10,19 @@ the response hands the connection back to its pool, but only when both sides of 
 are DONE and no byte arrived past the response's end.  Anything else (a protocol error, a
 timeout, a body longer than announced, a cancelled request, bytes on an idle connection) aborts
 the connection, so it is never reused.  Reading goes on while an upload is held back, so an
-early answer (413) is seen.  The same class runs under TLS: reactor/tls.py slides its layer in
-below it (its private names are kept apart from the TLS layer's).
+early answer (413) is seen, and every send that moves bytes counts as activity for the read
+timeout, so a slow but steady upload is not cut off.  A body framed by the connection's close
+also ends at a TLS EOF without close_notify (Python's own servers never send one; urllib and
+http.client accept it there, and only there).  Small body pieces are joined as they come, so
+a body of a million 2-byte chunks costs its bytes, not a million objects.  The same class runs
+under TLS: reactor/tls.py slides its layer in below it (its private names are kept apart from
+the TLS layer's).
 """
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any, Iterator
 
 from reactor import StreamHandler
@@ -24,7 +30,7 @@ from reactor import StreamHandler
 from .base import RemoteProtocolError
 from .client_request import (URL, ConnectError, ConnectTimeout, HTTPClientError, InvalidRequest,
                              InvalidResponse)
-from .http import DONE, ClientConnection, Data, EndOfMessage, Request
+from .http import BODY, DONE, ClientConnection, Data, EndOfMessage, Request
 from .http import Response as _ResponseHead
 
 if TYPE_CHECKING:
@@ -42,13 +48,14 @@ class _Exchange:
         "max_redirects", "allow_downgrade", "connect_timeout", "read_timeout", "origin_host",
         "extra", "drop", "explicit_cookie",
         # this hop
-        "method", "url", "body", "headers", "handler", "head", "chunks", "timer", "last",
-        "received", "reused", "retried", "done", "addresses")
+        "method", "url", "body", "headers", "handler", "head", "data", "timer", "last",
+        "received", "reused", "retried", "done", "addresses", "connector")
 
     def __init__(self) -> None:
         self.handler: _ClientHandler | None = None
         self.head: _ResponseHead | None = None
-        self.chunks: list[bytes] = []
+        self.data: bytes | bytearray | None = None      # the body so far: one piece, or joined
+        self.connector = None            # the Connector while this hop's connection is made
         self.timer = None
         self.last = 0.0
         self.received = False            # a byte of the response arrived on this hop
@@ -73,7 +80,7 @@ class _ClientHandler(StreamHandler):
     def start(self, ex: _Exchange) -> None:
         """Send ex's request on this (idle) connection."""
         self.exchange, ex.handler = ex, self
-        ex.head, ex.chunks, ex.received = None, [], False
+        ex.head, ex.data, ex.received = None, None, False
         reactor = self.reactor
         ex.last = reactor.now
         if ex.read_timeout is not None:
@@ -122,6 +129,13 @@ class _ClientHandler(StreamHandler):
             if piece:
                 self.write(conn.send(Data(piece)))
 
+    def handle_send(self) -> None:
+        sent = self.bytes_out
+        super().handle_send()
+        ex = self.exchange
+        if ex is not None and self.bytes_out != sent:
+            ex.last = self.reactor.now  # the upload moves: the server is reading, not silent
+
     def pause_writing(self) -> None:
         """Our only producer is _pump, which watches the buffer itself: keep reading, so an
         early answer (413) is seen while the upload is held back."""
@@ -158,7 +172,7 @@ class _ClientHandler(StreamHandler):
         for event in events:
             kind = type(event)
             if kind is Data:
-                ex.chunks.append(event.data)
+                _add_data(ex, event.data)
             elif kind is _ResponseHead:
                 ex.head = event
             elif kind is EndOfMessage:
@@ -176,10 +190,25 @@ class _ClientHandler(StreamHandler):
                 return None
             for event in events:
                 if type(event) is Data:
-                    ex.chunks.append(event.data)
+                    _add_data(ex, event.data)
                 elif type(event) is EndOfMessage:
                     self._complete(ex)
         return None                     # close; connection_lost reports what is left
+
+    def _ended_by_close(self, ex: _Exchange) -> bool:
+        """At a TLS EOF without close_notify: True if that ends ex's body, which only a body
+        framed by the connection's close does (a short Content-Length or chunked body raises)."""
+        conn = self.conn
+        if ex.head is None or conn.their_state != BODY:
+            return False
+        try:
+            events = conn.receive_data(b"")
+        except RemoteProtocolError:
+            return False
+        for event in events:
+            if type(event) is Data:
+                _add_data(ex, event.data)
+        return any(type(event) is EndOfMessage for event in events)
 
     def _complete(self, ex: _Exchange) -> None:
         """The response ended: reuse the connection if both sides are done and clean."""
@@ -199,7 +228,7 @@ class _ClientHandler(StreamHandler):
         else:
             self._body = None           # answered before our body was sent: stop sending
             self.abort()
-        self.client._response(ex)
+        _deliver(ex)
 
     # -- failing ---------------------------------------------------------------------------------
 
@@ -217,7 +246,10 @@ class _ClientHandler(StreamHandler):
         self._body = None
         self.client._lost(self)
         if ex is not None and not ex.done:
-            self.client._exchange_lost(ex, self, exc)
+            if isinstance(exc, ssl.SSLEOFError) and self._ended_by_close(ex):
+                _deliver(ex)
+            else:
+                self.client._exchange_lost(ex, self, exc)
         elif pending is not None and not pending.done:      # the TLS handshake did not finish
             self.client._failed(pending, _connect_error(
                 exc or ConnectionError("closed during the TLS handshake"), pending.url))
@@ -225,6 +257,30 @@ class _ClientHandler(StreamHandler):
     def usable(self, now: float, idle_timeout: float) -> bool:
         return (self.exchange is None and not self.closing and self.conn.our_state == "IDLE"
                 and now - self.idle_since < idle_timeout)
+
+
+def _add_data(ex: _Exchange, data: bytes) -> None:
+    """Keep a piece of the body: the first as it is, the rest joined into one bytearray."""
+    got = ex.data
+    if got is None:
+        ex.data = data
+    elif type(got) is bytearray:
+        got += data
+    else:
+        ex.data = got = bytearray(got)
+        got += data
+
+
+def _deliver(ex: _Exchange) -> None:
+    """Hand a complete response to the client; whatever goes wrong there still ends the call
+    (a future left pending would hang a blocking caller for good)."""
+    try:
+        ex.client._response(ex)
+    except Exception as exc:
+        err = InvalidResponse(f"cannot handle the response from {ex.url.host_header}: {exc}",
+                              ex.url.url)
+        err.__cause__ = exc
+        ex.client._failed(ex, err, force=True)
 
 
 def _connect_error(exc: BaseException, url: URL) -> HTTPClientError:

@@ -6,9 +6,11 @@ Why it has this shape
 A CR or LF in a URL, a method or a header value is how a request is split into two (urllib's
 CVE-2019-9740 and CVE-2019-9947, http.client's CVE-2020-26116), so each is refused here, before
 a connection is even chosen, with an error that says which.  What may go on the wire unchanged
-does (an existing %-escape is kept); what cannot but is harmless (a space, non-ASCII) is
-%-escaped; a non-ASCII host is IDNA-encoded.  Parsed URLs are cached: a client that asks for the
-same URL again and again pays for urlsplit once.
+does (an existing %-escape is kept); what cannot but is harmless (a space, non-ASCII, a `#` that
+a params string brought into the query, where it would start a fragment) is %-escaped; a
+non-ASCII host is IDNA-encoded.  Parsed URLs are cached: a client that asks for the same URL
+again and again pays for urlsplit once.  A URL with userinfo is never cached, so that the
+module-wide cache holds no credentials.
 
 The errors form one tree under HTTPClientError and also derive from the builtin that fits
 (ConnectionError, TimeoutError, ValueError), so `except TimeoutError` works as a caller expects.
@@ -90,8 +92,8 @@ class RequestCancelled(HTTPClientError):
 # -- URLs and headers -------------------------------------------------------------------------
 
 _URL_BAD = re.compile(r"[\x00-\x1f\x7f]")
-_TARGET_OK = re.compile(r"[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*")
-_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+_TARGET_OK = re.compile(r"[!$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*")
+_TARGET_SAFE = "!$%&'()*+,/:;=?@[]~"       # not "#": a target has no fragment (RFC 9112 3.2)
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]+")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -116,7 +118,7 @@ class URL:
         return f"URL({self.url!r})"
 
 
-_url_cache: dict[str, URL] = {}
+_url_cache: dict[str, URL] = {}        # only URLs without userinfo: no credentials kept
 _URL_CACHE_SIZE = 512
 
 
@@ -146,7 +148,7 @@ def parse_url(url: str, params: Any = None) -> URL:
     if not host:
         raise InvalidURL(f"no host in {url!r}", url)
     if ":" in host:                                     # an IPv6 literal (brackets stripped)
-        if not re.fullmatch(r"[0-9a-f:.]+(%[\w.\-]+)?", host):
+        if not re.fullmatch(r"[0-9a-f:.]+(%[\w.\-]+)?", host, re.ASCII):
             raise InvalidURL(f"bad IPv6 address in {url!r}", url)
         shown = f"[{host}]"
     else:
@@ -174,7 +176,7 @@ def parse_url(url: str, params: Any = None) -> URL:
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     parsed = URL(scheme, host, port, host_header, target, user, password)
-    if params is None:
+    if params is None and user is None and password is None:    # never keep credentials
         if len(_url_cache) >= _URL_CACHE_SIZE:
             _url_cache.clear()
         _url_cache[url] = parsed

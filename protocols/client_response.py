@@ -243,7 +243,9 @@ class ResponseFuture:
             canceller()
         return True
 
-    def _finish(self, result: Response | None, exc: BaseException | None, state: int = _FINISHED) -> None:
+    def _finish(self, result: Response | None, exc: BaseException | None, state: int = _FINISHED,
+                schedule: Callable[..., Any] | None = None) -> None:
+        """Complete the future; the callbacks run now, or through schedule (call_soon)."""
         if self._state != _PENDING:
             return
         self._result, self._exception, self._state = result, exc, state
@@ -253,8 +255,12 @@ class ResponseFuture:
             event.set()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
-            for fn in callbacks:
-                self._run(fn)
+            if schedule is not None:
+                for fn in callbacks:
+                    schedule(self._run, fn)
+            else:
+                for fn in callbacks:
+                    self._run(fn)
 
     def _run(self, fn: Callable[[ResponseFuture], Any]) -> None:
         try:

@@ -7,7 +7,8 @@ Why it has this shape
 A Session owns a private Reactor and an HTTPClient on it, and turns that reactor only while a
 call waits for its future (nothing runs between calls, no thread is started): the blocking
 layer is the asynchronous client, driven.  Before each call one non-blocking turn lets the
-reactor notice kept-alive connections that the servers closed meanwhile.  The module
+reactor notice kept-alive connections that the servers closed meanwhile, and those idle past
+pool_idle_timeout are closed (a timer would fire only during a call anyway, so there is none).  The module
 functions make a Session per call, as requests' do.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Session:
     def __init__(self, **options: Any) -> None:
         self._reactor = Reactor()
         self.client = HTTPClient(self._reactor, **options)
+        self.client.idle_timer_enabled = False      # close_expired() before each call instead
 
     @property
     def cookies(self) -> _cookies.CookieJar:
@@ -52,6 +54,7 @@ class Session:
             raise RequestCancelled("session closed", url)
         reactor = self._reactor
         reactor.run_once(0)             # notice kept-alive connections the servers closed meanwhile
+        self.client.close_expired()
         future = self.client.request(method, url, **kwargs)
         try:
             while future._state == _PENDING:

@@ -15,6 +15,11 @@ host as a host-only cookie and the port through the cookie's `port` attribute, s
 redirect to another origin does not carry them (a leak the Tornado CVE-2026-49853 class is
 about).  Cookies the servers set follow the jar's rules, which share them across ports of one
 host, as browsers do.
+
+The jars made here use `DomainStrictNonDomain`: a cookie without a Domain attribute is
+host-only (RFC 6265 5.3 step 6) and goes back to exactly its host, never to a subdomain, which
+http.cookiejar's default (DomainLiberal, requests' choice too) allows.  A jar the caller passes
+in keeps the policy it was made with.
 """
 from __future__ import annotations
 
@@ -22,7 +27,20 @@ import http.cookiejar
 import urllib.request
 from typing import Any, Iterable, Mapping
 
-CookieJar = http.cookiejar.CookieJar
+
+
+def strict_policy() -> http.cookiejar.DefaultCookiePolicy:
+    """http.cookiejar's rules, with host-only cookies kept to their host."""
+    return http.cookiejar.DefaultCookiePolicy(
+        strict_ns_domain=http.cookiejar.DefaultCookiePolicy.DomainStrictNonDomain)
+
+
+class CookieJar(http.cookiejar.CookieJar):
+    """An http.cookiejar.CookieJar whose policy defaults to strict_policy()."""
+
+    def __init__(self, policy: http.cookiejar.CookiePolicy | None = None) -> None:
+        super().__init__(strict_policy() if policy is None else policy)
+
 
 
 class _Info:
@@ -80,15 +98,19 @@ def bound_cookie(name: str, value: str, request: urllib.request.Request) -> http
         comment=None, comment_url=None, rest={})
 
 
-def merged_jar(base: CookieJar | None, extra: Mapping[str, str] | CookieJar | None,
+def merged_jar(base: http.cookiejar.CookieJar | None,
+               extra: Mapping[str, str] | http.cookiejar.CookieJar | None,
                request: urllib.request.Request) -> CookieJar:
     """A jar for one call: the base jar's cookies plus the ones given for this call."""
+    given_jar = isinstance(extra, http.cookiejar.CookieJar)
+    if extra is not None and not given_jar and not hasattr(extra, "items"):
+        raise TypeError(f"cookies= is a dict or a CookieJar, not {type(extra).__name__}")
     jar = CookieJar()
-    for source in (base, extra if isinstance(extra, CookieJar) else None):
+    for source in (base, extra if given_jar else None):
         if source is not None:
             for cookie in source:
                 jar.set_cookie(cookie)
-    if extra is not None and not isinstance(extra, CookieJar):
+    if extra is not None and not given_jar:
         for name, value in extra.items():
             jar.set_cookie(bound_cookie(str(name), str(value), request))
     return jar

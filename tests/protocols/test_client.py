@@ -542,3 +542,26 @@ def test_session_after_close_refuses():
     s.close()
     with pytest.raises(RequestCancelled):
         s.get("http://127.0.0.1:1/")
+
+
+def test_callers_host_does_not_follow_a_redirect_to_another_origin(raw_server):
+    other = raw_server()
+    server = raw_server([(b"HTTP/1.1 302 Found\r\nLocation: %s/x\r\nContent-Length: 0\r\n\r\n"
+                          % other.url.encode(), "keep")])
+    with Session(timeout=5) as s:
+        assert s.get(server.url + "/", headers={"Host": "app.example"}).status_code == 200
+    assert b"\r\nhost: app.example\r\n" in server.requests[0] + b"\r\n"
+    assert b"\r\nhost: %s\r\n" % other.url.split("//")[1].encode() in other.requests[0] + b"\r\n"
+
+
+def test_idle_timer_is_gone_once_the_pool_is_empty(raw_server):
+    server = raw_server([(OK_REPLY, "keep")])
+    reactor = Reactor()
+    try:
+        c = HTTPClient(reactor, timeout=5, pool_idle_timeout=0.2)
+        future = c.get(server.url + "/")
+        run_until(reactor, future.done)
+        assert future.result().content == b"ok" and reactor.stats()["timers"] == 1
+        run_until(reactor, lambda: c.connections == 0 and reactor.stats()["timers"] == 0)
+    finally:
+        reactor.close()

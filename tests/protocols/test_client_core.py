@@ -123,10 +123,26 @@ def test_parse_url_escapes_what_cannot_go_on_the_wire():
     assert parse_url("http://bücher.example/").host == "xn--bcher-kva.example"
 
 
+def test_a_hash_in_a_params_string_is_escaped_not_a_fragment():
+    assert parse_url("http://h/p", "q=a#b").target == "/p?q=a%23b"
+    assert parse_url("http://h/p?x=1", b"tag=#1").target == "/p?x=1&tag=%231"
+    assert parse_url("http://h/p", {"q": "a#b"}).target == "/p?q=a%23b"
+
+
+def test_url_cache_keeps_no_credentials():
+    from protocols import client_request
+    secret = "http://user:s3cret@cache-test.example/"
+    assert parse_url(secret).password == "s3cret"
+    assert secret not in client_request._url_cache
+    assert all(u.password is None for u in client_request._url_cache.values())
+    parse_url("http://cache-test.example/")
+    assert "http://cache-test.example/" in client_request._url_cache
+
+
 @pytest.mark.parametrize("url", [
     "http://h/a\r\nX-Injected: 1", "http://h/\n", "http://h/\x00", "http://h\t/", "http://h/\x7f",
     "ftp://h/", "h/path", "http:///path", "http://h:99999/", "http://h:x/", "http://a b/",
-    "http://[zz::1]/", 42,
+    "http://[zz::1]/", "http://[fe80::1%\u00fc]/", 42,
 ])
 def test_parse_url_refuses(url):
     with pytest.raises(InvalidURL):
