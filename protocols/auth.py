@@ -29,7 +29,7 @@ import socket
 import time
 from typing import Callable
 
-from reactor import StreamHandler
+from reactor import StreamHandler, TLSStreamHandler
 from reactor.timers import Timer
 
 from .base import LocalProtocolError, RemoteProtocolError
@@ -227,8 +227,10 @@ class _AuthStage:
             super().handle_close()
         else:
             # The protocol's connection_made never ran: neither do its close hooks (they may
-            # rely on state it sets up); the socket is closed all the same.
-            StreamHandler.handle_close(self)
+            # rely on state it sets up).  The transport's do: the socket is closed and a TLS
+            # layer under the protocol lets go of its handshake timer and tells its caller.
+            transport = TLSStreamHandler if isinstance(self, TLSStreamHandler) else StreamHandler
+            transport.handle_close(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.is_authenticated:

@@ -42,6 +42,7 @@ class Connector(EventHandler):
         self._fd = sock.fileno()
         self._timer: Timer | None = None
         self._pending = True
+        self._securing = False          # TLS: TCP is up, the handshake is not over (see _secure)
 
     def fileno(self) -> int:
         return self._fd
@@ -114,10 +115,18 @@ class Connector(EventHandler):
             self._failed(TimeoutError(f"connect to {self.address} timed out after {self.timeout} s"))
 
     def cancel(self) -> None:
-        """Give up the attempt (no callback is called)."""
+        """Give up the attempt (no callback is called); over TLS the attempt lasts until the
+        handshake is over, and cancelling it aborts the handler."""
         if self._pending:
             self.on_error = lambda exc: None
             self._failed(ConnectionAbortedError("connect cancelled"))
+        elif self._securing:
+            self._securing = False          # the handshake's end is reported to no one
+            handler = self.handler
+            if handler is not None:
+                if getattr(handler, "_exc", None) is None:
+                    handler._exc = ConnectionAbortedError("connect cancelled")
+                handler.abort()
 
     def handle_close(self) -> None:
         if self._timer is not None:
@@ -166,8 +175,12 @@ def _secure(connector: Connector, context: ssl.SSLContext, server_hostname: str 
         raise ValueError("the context checks host names: give server_hostname")
     plain_factory, on_connect = connector.factory, connector.on_connect
     connector.on_connect = None
+    connector._securing = True
 
-    def handshake_done(handler: EventHandler, exc: BaseException | None) -> None:
+    def handshake_over(handler: EventHandler, exc: BaseException | None) -> None:
+        if not connector._securing:
+            return                          # cancelled
+        connector._securing = False
         if exc is not None:
             connector._report_error(exc)
         elif on_connect is not None:
@@ -176,5 +189,5 @@ def _secure(connector: Connector, context: ssl.SSLContext, server_hostname: str 
     def factory(sock: socket.socket, address: Any) -> EventHandler:
         return start_tls(plain_factory(sock, address), context, server_side=False,
                          server_hostname=server_hostname, handshake_timeout=handshake_timeout,
-                         on_handshake=handshake_done)
+                         on_handshake=handshake_over)
     connector.factory = factory

@@ -348,6 +348,9 @@ class StreamHandler(EventHandler):
             self._shutdown_write()
         if not self._closing or self._done or self._lingering:
             return
+        for timer in self._timers:      # the close deadline: met, the linger has its own
+            timer.cancel()
+        self._timers.clear()
         if self._eof:
             self._leave()
             return

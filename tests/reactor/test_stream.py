@@ -152,6 +152,43 @@ def test_close_gives_up_after_close_timeout_if_the_peer_never_reads():
     reactor.close()
 
 
+def test_a_slow_flush_within_close_timeout_still_gets_its_whole_linger():
+    """close() arms close_timeout for the flush; once the queue is out that deadline is met and
+    the linger has its own.  A flush that took most of close_timeout must not have its linger
+    cut short by the old deadline (an abort, a reset and a bogus TimeoutError)."""
+    clock = FakeClock()
+    reactor = Reactor(clock=clock)
+    ours, theirs = stream_pair(socket.AF_UNIX)
+    with theirs:
+        h = reactor.add(Recorder(ours))
+        payload = b"x" * (4 * 1024 * 1024)
+        h.write(payload)
+        h.close()
+        assert h.write_buffer_size > 0
+        clock.advance(h.close_timeout - 1, reactor)        # a slow reader...
+        theirs.setblocking(False)
+        got = bytearray()
+        deadline = time.monotonic() + 10
+        while True:                                         # ...that finally reads it all
+            assert time.monotonic() < deadline, f"{len(got)} of {len(payload)} bytes"
+            try:
+                data = theirs.recv(1 << 20)
+            except BlockingIOError:
+                reactor.run_once(0.01)
+                continue
+            if not data:
+                break                                       # our FIN: flushed, lingering
+            got += data
+        assert len(got) == len(payload)
+        clock.advance(1 + h.linger_timeout / 4, reactor)    # past close_timeout, within the linger
+        assert "lost" not in h.events, h.lost
+        theirs.close()                                      # the peer's FIN ends the linger
+        run_until(reactor, lambda: "lost" in h.events)
+        assert h.lost == [None]
+        assert reactor.stats()["timers"] == 0
+    reactor.close()
+
+
 def test_abort_drops_the_queue_and_resets(reactor):
     ours, theirs = stream_pair(socket.AF_INET)
     with theirs:

@@ -760,7 +760,7 @@ def test_our_client_and_our_server_on_one_reactor(reactor):
     assert not connected                           # TCP is up, the handshake is not done
     client.write(b"written before the handshake,")
     run_until(reactor, lambda: connected)
-    assert connected == [client] and client.handshake_done and not errors
+    assert connected == [client] and client.tls_handshake_done and not errors
     client.write(b" and after")
     run_until(reactor, lambda: client.data == b"written before the handshake, and after")
     client.close()
@@ -914,3 +914,129 @@ def test_plaintext_listener_makes_plain_handlers(reactor):
         assert type(conn) is Recorder and listener.ssl_context is None
     listener.close()
     reactor.close()
+
+
+# -- follow-ups of the review (tests/reactor/test_tls_review.py) ---------------------------------
+
+def blocking_writes(h, blocked):
+    """Make SSL writes fail with want-read while blocked() is true, as during a renegotiation;
+    returns the list of what each attempt offered."""
+    real_write, calls = h._tls_write, []
+
+    def renegotiating(data):
+        calls.append(bytes(data))
+        if blocked():
+            raise ssl.SSLWantReadError("want read")
+        return real_write(data)
+    h._tls_write = renegotiating
+    return calls
+
+
+def test_a_large_write_blocked_on_a_read_is_retried_with_the_same_slice_then_sent_whole(reactor):
+    h, peer = tls_pair(reactor)
+    handshake(reactor, h, peer)
+    calls = blocking_writes(h, lambda: len(calls) == 1)
+    payload = os.urandom(1024 * 1024)
+    h.write(payload)
+    assert len(calls[0]) == h._tls_slice < len(payload)       # one slice tried, not the whole
+    assert h.write_buffer_size == len(payload) and h.wants_to_receive()
+    peer.tls.write(b"ping")
+    drive(reactor, peer, lambda: len(peer.app) == len(payload), timeout=10)
+    assert bytes(peer.app) == payload and calls[1] == calls[0]    # OpenSSL saw the same bytes again
+    run_until(reactor, lambda: h.data == b"ping")
+    h.abort()
+    peer.sock.close()
+    assert_clean(reactor)
+
+
+def test_paused_with_a_write_blocked_on_a_read_reads_a_bounded_amount_and_delivers_nothing(reactor):
+    from reactor.tls import MAX_UNREAD
+    h, peer = tls_pair(reactor)
+    handshake(reactor, h, peer)
+    h.pause_reading()
+    release = []
+    blocking_writes(h, lambda: not release)
+    h.write(b"held")
+    payload = os.urandom(1024 * 1024)
+    peer.tls.write(payload)
+    peer.send_raw(peer.outgoing.read())
+    run_until(reactor, lambda: not h.wants_to_receive())       # the BIO is full enough
+    assert MAX_UNREAD <= h._tls_in.pending < MAX_UNREAD + h.max_read
+    assert h.data == b"" and peer.app == b""
+    release.append(True)
+    h.resume_reading()
+    drive(reactor, peer, lambda: len(h.data) == len(payload) and peer.app == b"held", timeout=10)
+    assert bytes(h.data) == payload
+    h.abort()
+    peer.sock.close()
+    assert_clean(reactor)
+
+
+def test_write_eof_after_a_large_write_sends_close_notify_after_the_last_slice(reactor):
+    h, peer = tls_pair(reactor)
+    handshake(reactor, h, peer)
+    payload = os.urandom(4 * 1024 * 1024)
+    h.write(payload)
+    h.write_eof()
+    assert h.write_buffer_size > 0 and not peer.close_notified
+    drive(reactor, peer, lambda: peer.close_notified, timeout=10)
+    assert bytes(peer.app) == payload
+    peer.tls.write(b"still reading")
+    peer.send_raw(peer.outgoing.read())
+    run_until(reactor, lambda: h.data == b"still reading")
+    h.abort()
+    peer.sock.close()
+    assert_clean(reactor)
+
+
+def test_a_slow_flush_within_close_timeout_still_gets_its_whole_linger_under_tls(clock_reactor):
+    h, peer = tls_pair(clock_reactor)
+    handshake(clock_reactor, h, peer)
+    payload = os.urandom(4 * 1024 * 1024)
+    h.write(payload)
+    h.close()
+    clock_reactor.clock.advance(h.close_timeout - 1, clock_reactor)   # a slow reader...
+    drive(clock_reactor, peer, lambda: peer.close_notified, timeout=10)   # ...reads it all
+    assert bytes(peer.app) == payload
+    clock_reactor.clock.advance(1 + h.linger_timeout / 4, clock_reactor)  # past close_timeout
+    assert h.lost == []
+    peer.sock.close()
+    run_until(clock_reactor, lambda: h.lost)
+    assert h.lost == [None]
+    assert_clean(clock_reactor)
+
+
+def test_a_handle_close_that_skips_super_still_ends_the_tls_layer(clock_reactor):
+    class Rude(Recorder):
+        def handle_close(self):                    # never reaches TLSStreamHandler's
+            self.events.append("rude")
+            self.sock.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        connected, errors = [], []
+        connector = connect_tcp(clock_reactor, "127.0.0.1", silent.getsockname()[1], Rude,
+                                ssl_context=client_ctx(), server_hostname="localhost",
+                                ssl_handshake_timeout=5, on_connect=connected.append,
+                                on_error=errors.append)
+        client = run_until(clock_reactor, lambda: connector.handler)
+        clock_reactor.clock.advance(6, clock_reactor)
+        run_until(clock_reactor, lambda: "rude" in client.events)
+        assert connected == [] and len(errors) == 1 and isinstance(errors[0], TimeoutError)
+        assert_clean(clock_reactor)
+
+
+def test_connector_cancel_during_the_tls_handshake_leaves_nothing(clock_reactor):
+    listener = listen_tcp(clock_reactor, "127.0.0.1", 0, Recorder, ssl_context=server_ctx())
+    connected, errors = [], []
+    connector = connect_tcp(clock_reactor, "127.0.0.1", listener.address[1], Recorder,
+                            ssl_context=client_ctx(), server_hostname="localhost",
+                            ssl_handshake_timeout=5, on_connect=connected.append,
+                            on_error=errors.append)
+    client = run_until(clock_reactor, lambda: connector.handler)
+    connector.cancel()
+    assert len(client.lost) == 1 and isinstance(client.lost[0], ConnectionAbortedError)
+    connector.cancel()                             # idempotent
+    run_until(clock_reactor, lambda: not listener.connections)
+    assert connected == [] and errors == []
+    listener.close()
+    assert_clean(clock_reactor)
