@@ -8,7 +8,8 @@
     >>> s.set('foo', 'bar'); s.get('foo'); s.exists('foo'); s.keys(); s.delete('foo')
 
 The recipe's `KeyValueServer` methods are kept as it writes them (get, set, delete, exists,
-keys; a missing key is the KeyError that the client sees as a Fault), served by
+keys; a missing key is the KeyError that the client sees as a Fault; keys are strings, or
+bytes, whose hashes are randomized: an int key could be a hash flood), served by
 `protocols.xmlrpc` with `allow_none`, `system.listMethods`, `system.methodHelp` and
 `system.multicall`, over kept-alive connections.
 
@@ -27,6 +28,7 @@ server off the same journal.
 """
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import os
@@ -34,7 +36,7 @@ import re
 import sys
 import time
 from typing import Any
-from xmlrpc.client import dumps
+from xmlrpc.client import Marshaller
 
 from protocols.journal import MAGIC, JournalReader, frame
 from protocols.xmlrpc import MAX_BODY, XMLRPCDispatcher, parse_call, xmlrpc_factory
@@ -232,16 +234,37 @@ class Journal:
                 os.close(fd)
 
 
+class _RecordMarshaller(Marshaller):
+    """xmlrpc.client's Marshaller, refusing the datetimes it would change: dateTime.iso8601
+    has whole seconds and no time zone, so microseconds and tzinfo would be dropped silently
+    and the value read back at replay would differ from the one stored."""
+
+    dispatch = dict(Marshaller.dispatch)
+
+    def dump_datetime(self, value: Any, write: Any) -> None:
+        if type(value) is datetime.datetime and (value.microsecond or value.tzinfo is not None):
+            raise ValueError("an XML-RPC dateTime has no microseconds and no time zone: "
+                             f"{value!r} would not replay as stored")
+        Marshaller.dump_datetime(self, value, write)
+    dispatch[datetime.datetime] = dump_datetime
+
+
 def _record(op: str, params: tuple) -> bytes:
     """A change as a journal record: the XML-RPC call that makes it, so the journal holds
     exactly what the wire can carry (bytes, datetime, None, nesting) and reads like a log.
 
-    What the wire cannot carry is refused here, not discovered at the next start: a local
-    caller's string with a control character or U+FFFE would marshal, and then end the
-    journal at replay (XML has no way to write it)."""
-    text = dumps(params, op, allow_none=True, encoding="utf-8")
+    What would not replay as stored is refused here, not discovered at the next start: a
+    local caller's string with a control character or U+FFFE would marshal, and then end the
+    journal at replay (XML has no way to write it); a datetime with microseconds or a time
+    zone would lose them.  A CR is written as `&#13;`: xmlrpc.client.escape leaves it raw, and
+    expat's end-of-line handling would read it (and CR LF) back as LF."""
+    body = _RecordMarshaller("utf-8", allow_none=True).dumps(params)
+    text = ("<?xml version='1.0'?>\n<methodCall>\n<methodName>%s</methodName>\n%s</methodCall>\n"
+            % (op, body))                  # what dumps(params, op) writes
     if _NOT_XML.search(text):
         raise ValueError("a string holds a character XML cannot carry")
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
     return frame(text.encode("utf-8"))
 
 
@@ -288,8 +311,13 @@ class KeyValueStore:
         return self._data[name]
 
     def set(self, name: Any, value: Any) -> None:
-        """set(name, value): store value under name (durably, with --data, before answering)."""
-        hash(name)                        # an unhashable key fails before it is journaled
+        """set(name, value): store value under name (durably, with --data, before answering).
+        Names are strings (or bytes, <base64> on the wire), as in the recipe."""
+        if type(name) is not str and type(name) is not bytes:
+            # Their hashes are randomized per process; an int's, a float's or a datetime's are
+            # not, and hash(i * (2**61 - 1)) == 0 for every i: 34,000 such keys in one 8 MiB
+            # multicall make each insert probe every earlier one (seconds, and growing).
+            raise TypeError(f"a key is a str or bytes, not {type(name).__name__}")
         journal = self._journal
         if journal is not None:
             journal.append("set", name, value)
@@ -353,8 +381,11 @@ def mount(reactor: Reactor, args, ctx=None) -> _cli.Mounted:
         journal = Journal(args.data, fsync=args.fsync, compact_min=args.compact_min)
     try:
         store = KeyValueStore(journal)
+        dispatcher = make_dispatcher(store)
+        # what a request may store, a response may return: get() of the largest value set
+        dispatcher.max_response = max(dispatcher.max_response, args.max_body + 1024)
         listener = listen_tcp(reactor, args.host, args.port,
-                              xmlrpc_factory(make_dispatcher(store), max_body=args.max_body),
+                              xmlrpc_factory(dispatcher, max_body=args.max_body),
                               max_connections=args.max_connections, allow=args.allow,
                               deny=args.deny, ssl_context=ctx)
     except BaseException:

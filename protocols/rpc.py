@@ -7,13 +7,27 @@ Why it has this shape
   a length-prefixed frame (the `!i` header of multiprocessing.connection) holding the JSON array
   `[name, args, kwargs]`; each answer is a frame holding `{"result": value}` or
   `{"error": {"type": "TypeError", "message": "..."}}`.  JSON can build nothing but data, so it
-  is safe for anyone who passed authentication.
+  is safe for anyone who passed authentication.  It is strict RFC 8259 JSON both ways: NaN and
+  Infinity are refused in requests and never written in answers.
 * pickle: the recipe's own wire, multiprocessing.connection with its authkey handshake, so the
   recipe's client (`Client(address, authkey=...)` + an RPCProxy that sends
   `pickle.dumps((name, args, kwargs))`, which Connection.send pickles once more) works unchanged.
   Pickle can run code, so it is read only after mutual authentication, and then by an
   Unpickler whose find_class admits an allow-list of harmless types (the "Restricting Globals"
   recipe of the pickle docs): a `__reduce__` naming os.system fails before anything is called.
+* An allow-list bounds which code runs, not what it costs: a pickle of under 200 bytes can
+  build a tuple DAG whose hash walks 2**27 tuples, and 9 bytes (`LONG_BINPUT 2**28`) make the C
+  Unpickler zero-fill a 4 GiB memo.  So before the Unpickler sees a byte, check_pickle() reads
+  every opcode (with pickletools' table of them) on a model of the stack: lengths within the
+  data and no opcode across the end of its frame; memo indices only as far as something was
+  memoized; only immutable values may be fetched again from the memo (a shared list could grow
+  after it was shared), and the tree they expand to is bounded by a multiple of the pickle's
+  size; set elements and dict keys are only values whose hash an attacker cannot collide (str,
+  bytes, ints below the hash modulus, None, bools, dates), so no set or dict is a hash flood.
+  The allow-list holds no constructor that computes much from a short argument
+  (Fraction('1e2000000'), bytearray(2**30), range): bytearray, complex and Decimal are
+  admitted only through wrappers that check their arguments.  The scan costs about 2 us for
+  the recipe's add(x, y) request (the C Unpickler itself, 0.3 us).
 
 Only registered names dispatch: the registry is a dict, never getattr on an object, and names
 that are dotted or start with an underscore cannot be registered.  An unknown name is answered
@@ -24,11 +38,14 @@ from __future__ import annotations
 import builtins
 import collections
 import concurrent.futures
+import decimal
 import io
 import json
 import logging
 import pickle
+import pickletools
 import socket
+import sys
 from typing import Any, Callable, Iterable
 
 from reactor import StreamHandler
@@ -49,11 +66,13 @@ BUILTIN_EXCEPTIONS: dict[str, type[BaseException]] = {
     name: obj for name, obj in vars(builtins).items()
     if isinstance(obj, type) and issubclass(obj, Exception) and not name.startswith("_")}
 
-# (module, name) the restricted Unpickler may load: containers and values, nothing that acts.
+# (module, name) the restricted Unpickler may load: values, nothing that acts or computes much.
+# Sets and frozensets need no global from protocol 4 on (EMPTY_SET, FROZENSET: checked by
+# check_pickle); bytearray, complex and Decimal are loaded as the checking wrappers of _WRAPPED.
 SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    [("builtins", n) for n in ("set", "frozenset", "bytearray", "complex", "slice", "range")]
+    [("builtins", n) for n in ("bytearray", "complex", "slice")]
     + [("datetime", n) for n in ("date", "time", "datetime", "timedelta", "timezone")]
-    + [("decimal", "Decimal"), ("fractions", "Fraction"), ("collections", "OrderedDict")])
+    + [("decimal", "Decimal")])
 # What a client also accepts in answers: the builtin exceptions.
 SAFE_GLOBALS_WITH_EXCEPTIONS: frozenset[tuple[str, str]] = SAFE_GLOBALS | frozenset(
     ("builtins", name) for name in BUILTIN_EXCEPTIONS)
@@ -71,24 +90,403 @@ class BadRequest(RemoteProtocolError):
     """A request that is not (name, args, kwargs): answered, then the connection is closed."""
 
 
+def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    """bytearray as pickles use it (bytes, or a str and "latin-1"), never bytearray(n)."""
+    if type(source) is bytes and encoding is None:
+        return bytearray(source)
+    if type(source) is str and encoding == "latin-1":
+        return bytearray(source, "latin-1")
+    raise pickle.UnpicklingError("bytearray() is loaded from bytes only")
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    """complex(real, imag) from numbers, never from a string to parse."""
+    if type(real) not in (int, float) or type(imag) not in (int, float):
+        raise pickle.UnpicklingError("complex() is loaded from two numbers only")
+    return complex(real, imag)
+
+
+def _decimal(value: Any = "0") -> decimal.Decimal:
+    """Decimal(str), as Decimal pickles itself; no int or digit tuple to convert."""
+    if type(value) is not str:
+        raise pickle.UnpicklingError("Decimal() is loaded from a string only")
+    return decimal.Decimal(value)
+
+
+# What find_class hands out for these allowed names: the wrapper, not the type.
+_WRAPPED: dict[tuple[str, str], Callable[..., Any]] = {
+    ("builtins", "bytearray"): _bytearray, ("builtins", "complex"): _complex,
+    ("decimal", "Decimal"): _decimal}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An Unpickler that loads only the globals in `allowed`; anything else is an error.
     (A class attribute, not an __init__ argument: a Python __init__ would double the cost of
-    each small load; restricted_loads makes one subclass per allow-list.)"""
+    each small load; restricted_loads makes one subclass per allow-list.)  Use it through
+    restricted_loads(), which first has check_pickle() bound what the pickle may build."""
 
     allowed: frozenset[tuple[str, str]] = SAFE_GLOBALS
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.allowed:
-            return super().find_class(module, name)
+            wrapper = _WRAPPED.get((module, name))
+            return wrapper if wrapper is not None else super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+# -- the pre-scan ---------------------------------------------------------------------------------
+
+PICKLE_EXPANSION = 16   # the object tree may be this many times the pickle's size in units ...
+PICKLE_SLACK = 4096     # ... plus this many (a unit: one object, or 16 bytes of a str or int)
+
+# A value on check_pickle's model of the stack is (flags, weight, name), a list if it is a
+# container that opcodes still fill: weight counts the units of the tree it expands to; name is
+# the raw UTF-8 of a short str (for STACK_GLOBAL) or the (module, name) of a global.
+_SHARE = 1      # immutable once built: a memo GET may push it again
+_KEY = 2        # may go into a set or be a dict key: its hash cannot be made to collide
+_LIST, _DICT, _SET = 4, 8, 16       # what APPEND(S), SETITEM(S) and ADDITEMS may fill
+_TUPLE = 32     # what REDUCE takes as arguments
+_GLOBAL = 64    # what find_class returned
+_STATE = 128    # a REDUCE result BUILD may update (an exception's attributes)
+
+# Flags of what REDUCE returns, by the callable's name; any other callable's result is _STATE
+# (mutable: never shared, never a key).  The datetime types hash their bytes with the
+# interpreter's randomized hash; Decimal, complex and slice hash by value, so they are no keys.
+_RESULTS: dict[tuple[str, str], int] = {
+    **{("datetime", n): _SHARE | _KEY
+       for n in ("date", "time", "datetime", "timedelta", "timezone")},
+    ("decimal", "Decimal"): _SHARE, ("builtins", "complex"): _SHARE,
+    ("builtins", "slice"): _SHARE}
+
+# Below the modulus an int hashes to itself: distinct ints, distinct hashes.  Past it,
+# hash(i * (2**61 - 1)) == 0 for every i: a flood.
+_HASH_MODULUS = sys.hash_info.modulus
+
+# What each opcode is to the scan: (kind, argument size, detail), indexed by the opcode byte.
+(_STR, _MEMOIZE, _SMALL_INT, _TUPLE_N, _MARK, _EMPTY, _GET, _PUT, _FILL, _ADD_ONE, _COLLECT,
+ _LEAF, _LONG, _BYTEARRAY, _STACK_GLOBAL, _REDUCE, _BUILD, _POP, _POP_MARK, _SKIP, _STOP,
+ _TEXT, _FRAME, _REFUSED) = range(24)
+_KEY_LEAF = (_SHARE | _KEY, 1, None)            # None, True, False, a 32-bit int
+_FLOAT = (_SHARE, 1, None)
+_SPEC: list[tuple[int, int, Any]] = [(_REFUSED, 0, "an unknown opcode")] * 256
+for _op in pickletools.opcodes:
+    # Refused: DUP (a second reference to anything; pickle.dumps never writes it), INST, OBJ,
+    # NEWOBJ, NEWOBJ_EX (classes called or __new__ed with any arguments), EXT1/2/4 (the copyreg
+    # registry), PERSID, BINPERSID, NEXT_BUFFER, READONLY_BUFFER (nothing out of band).
+    _SPEC[ord(_op.code)] = (_REFUSED, 0, _op.name)
+for _code, _spec in {
+        # counted strings: size of the length; detail: True for str (kept for STACK_GLOBAL)
+        "\x8c": (_STR, 1, True), "X": (_STR, 4, True), "\x8d": (_STR, 8, True),
+        "C": (_STR, 1, False), "B": (_STR, 4, False), "\x8e": (_STR, 8, False),
+        "\x96": (_BYTEARRAY, 8, None),
+        "\x94": (_MEMOIZE, 0, None),
+        "K": (_SMALL_INT, 1, _KEY_LEAF), "M": (_SMALL_INT, 2, _KEY_LEAF),
+        "J": (_SMALL_INT, 4, _KEY_LEAF),
+        "\x8a": (_LONG, 1, None), "\x8b": (_LONG, 4, None),
+        "\x85": (_TUPLE_N, 0, 1), "\x86": (_TUPLE_N, 0, 2), "\x87": (_TUPLE_N, 0, 3),
+        "(": (_MARK, 0, None),
+        "]": (_EMPTY, 0, _LIST), "}": (_EMPTY, 0, _DICT), "\x8f": (_EMPTY, 0, _SET),
+        "h": (_GET, 1, None), "j": (_GET, 4, None),
+        "q": (_PUT, 1, None), "r": (_PUT, 4, None),
+        # pop to MARK and fill the container below it: detail is the container's flag
+        "e": (_FILL, 0, _LIST), "u": (_FILL, 0, _DICT), "\x90": (_FILL, 0, _SET),
+        "a": (_ADD_ONE, 0, _LIST), "s": (_ADD_ONE, 0, _DICT),
+        # pop to MARK and make a new value: detail is its flags (a frozenset's needs keys)
+        "t": (_COLLECT, 0, _SHARE | _TUPLE), "l": (_COLLECT, 0, _LIST),
+        "d": (_COLLECT, 0, _DICT), "\x91": (_COLLECT, 0, _SHARE),
+        "N": (_LEAF, 0, _KEY_LEAF), "\x88": (_LEAF, 0, _KEY_LEAF), "\x89": (_LEAF, 0, _KEY_LEAF),
+        ")": (_LEAF, 0, (_SHARE | _KEY | _TUPLE, 1, None)), "G": (_LEAF, 8, _FLOAT),
+        "\x93": (_STACK_GLOBAL, 0, None), "R": (_REDUCE, 0, None), "b": (_BUILD, 0, None),
+        "0": (_POP, 0, None), "1": (_POP_MARK, 0, None),
+        "\x80": (_SKIP, 1, None), "\x95": (_FRAME, 8, None), ".": (_STOP, 0, None),
+        # protocol 0 and 1 opcodes with text or odd arguments: read by pickletools
+        **{c: (_TEXT, 0, pickletools.code2op[c]) for c in "ILFSVTUgpc"},
+}.items():
+    _SPEC[ord(_code)] = _spec
+del _op, _code, _spec
+
+
+class _Refused(pickle.UnpicklingError):
+    def __init__(self, pos: int, why: str) -> None:
+        super().__init__(f"pickle refused at offset {pos}: {why}")
+
+
+_NOT_A_KEY = ("a set element or dict key must be a str, bytes, an int below the hash modulus, "
+              "None, a bool or a date")
+
+
+def check_pickle(data: bytes, expansion: int = PICKLE_EXPANSION) -> None:
+    """Raise pickle.UnpicklingError unless loading data builds a bounded tree of values.
+
+    Nothing is loaded: every opcode is read (each length checked against the data), memo
+    indices stay within what was memoized, a memo GET fetches only immutable values (tuples,
+    strings, numbers, dates: never a list, dict, set or object, which could change after being
+    shared), set elements and dict keys are values with collision-free hashes, and no value
+    expands (counting a shared part each time it is reached) to more than
+    expansion * len(data) + PICKLE_SLACK units.  So hashing, comparing, printing or pickling
+    what comes out costs at most that much, and the Unpickler allocates about len(data).
+
+    It runs before every restricted load, so it is written for speed: one loop, no generator,
+    immutable values as tuples (constants where they can be), only containers as lists."""
+    limit = expansion * len(data) + PICKLE_SLACK
+    stack: list = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    fence = 0                   # the stack index of the last MARK: nothing below it is reachable
+    end = len(data)
+    # Frames: no opcode may run across the end of its frame, as pickle's own _Unframer says
+    # ("pickle exhausted before end of frame"); the C Unpickler does not check, and a length
+    # read across a frame's end comes out as garbage (MemoryError from 20 bytes, and worse).
+    # (An opcode without an argument cannot cross: only those with one are checked.)
+    frame_end = 0
+    if data[:3] in (b"\x80\x04\x95", b"\x80\x05\x95"):       # PROTO, FRAME: pickle.dumps
+        frame_end = 11 + int.from_bytes(data[3:11], "little")
+        if frame_end > end:
+            raise _Refused(2, "a frame runs past the end")
+        i = pos = 11
+    else:
+        i = pos = 0
+    crossing = "an opcode runs across the end of its frame"
+    append = stack.append
+    try:
+        while True:
+            pos = i
+            kind, size, detail = _SPEC[data[i]]         # IndexError past the end: no STOP
+            i += 1 + size                               # past the end: caught at the next read
+            if kind == _MEMOIZE:
+                if len(stack) <= fence:
+                    raise _Refused(pos, "MEMOIZE of nothing")
+                memo[len(memo)] = stack[-1]
+            elif kind == _STR:
+                n = int.from_bytes(data[i - size:i], "little")
+                start = i
+                i += n
+                if i > end:
+                    raise _Refused(pos, f"a length of {n} runs past the end")
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+                # a str's bytes are kept when they may name a global for STACK_GLOBAL
+                item = (_SHARE | _KEY, 1 + n // 16, data[start:i] if detail and n < 256 else None)
+                append(item)
+                if data[i] == 0x94:                     # MEMOIZE, as pickle.dumps writes it
+                    memo[len(memo)] = item
+                    i += 1
+            elif kind == _SMALL_INT or kind == _LEAF:
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+                append(detail)
+            elif kind == _TUPLE_N:
+                if len(stack) - detail < fence:
+                    raise _Refused(pos, "stack underflow")
+                weight = 1
+                for item in stack[-detail:]:
+                    weight += item[1]
+                del stack[-detail:]
+                if weight > limit:
+                    raise _Refused(pos, f"a value expands past {limit} units")
+                item = (_SHARE | _TUPLE, weight, None)
+                append(item)
+                if data[i] == 0x94:
+                    memo[len(memo)] = item
+                    i += 1
+            elif kind == _EMPTY:
+                item = [detail, 1, None]
+                append(item)
+                if data[i] == 0x94:
+                    memo[len(memo)] = item
+                    i += 1
+            elif kind == _SKIP:                         # PROTO
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+            elif kind == _FRAME:
+                if pos < frame_end:
+                    raise _Refused(pos, "a frame begins before the last one ended")
+                frame_end = i + int.from_bytes(data[i - 8:i], "little")
+                if frame_end > end:
+                    raise _Refused(pos, "a frame runs past the end")
+            elif kind == _STOP:
+                if len(stack) != 1 or marks:
+                    raise _Refused(pos, "STOP with a stack that does not hold one value")
+                return
+            elif kind == _MARK:
+                marks.append(len(stack))
+                fence = len(stack)
+            elif kind == _GET or kind == _PUT:
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+                index = int.from_bytes(data[i - size:i], "little")
+                if kind == _GET:
+                    item = memo.get(index)
+                    if item is None:
+                        raise _Refused(pos, f"memo index {index} was never memoized")
+                    if not item[0] & _SHARE:
+                        raise _Refused(pos, "a list, dict, set or object is referenced twice")
+                    append(item)
+                else:
+                    if len(stack) <= fence:
+                        raise _Refused(pos, "PUT of nothing")
+                    if index > len(memo):
+                        raise _Refused(pos, f"memo index {index} skips past the {len(memo)} "
+                                            "memoized")
+                    memo[index] = stack[-1]
+            elif kind == _FILL or kind == _ADD_ONE:
+                if kind == _FILL:
+                    if not marks:
+                        raise _Refused(pos, "no MARK")
+                    mark = marks.pop()
+                    fence = marks[-1] if marks else 0
+                    items = stack[mark:]
+                    del stack[mark:]
+                else:
+                    n = 1 if detail == _LIST else 2
+                    if len(stack) - n <= fence:
+                        raise _Refused(pos, "stack underflow")
+                    items = stack[-n:]
+                    del stack[-n:]
+                if len(stack) <= fence:
+                    raise _Refused(pos, "stack underflow")
+                target = stack[-1]
+                if not target[0] & detail:
+                    raise _Refused(pos, "a list, dict or set is filled with the wrong opcode")
+                if detail == _DICT:
+                    if len(items) % 2:
+                        raise _Refused(pos, "SETITEMS of an odd count")
+                    if any(not k[0] & _KEY for k in items[::2]):
+                        raise _Refused(pos, _NOT_A_KEY)
+                elif detail == _SET and any(not k[0] & _KEY for k in items):
+                    raise _Refused(pos, _NOT_A_KEY)
+                weight = target[1]
+                for item in items:
+                    weight += item[1]
+                if weight > limit:
+                    raise _Refused(pos, f"a value expands past {limit} units")
+                target[1] = weight
+            elif kind == _COLLECT:
+                if not marks:
+                    raise _Refused(pos, "no MARK")
+                mark = marks.pop()
+                fence = marks[-1] if marks else 0
+                items = stack[mark:]
+                del stack[mark:]
+                if detail == _DICT:
+                    if len(items) % 2:
+                        raise _Refused(pos, "DICT of an odd count")
+                    if any(not k[0] & _KEY for k in items[::2]):
+                        raise _Refused(pos, _NOT_A_KEY)
+                elif detail == _SHARE and any(not k[0] & _KEY for k in items):
+                    raise _Refused(pos, _NOT_A_KEY)             # FROZENSET
+                weight = 1
+                for item in items:
+                    weight += item[1]
+                if weight > limit:
+                    raise _Refused(pos, f"a value expands past {limit} units")
+                append((detail, weight, None) if detail & _SHARE else [detail, weight, None])
+            elif kind == _LONG or kind == _BYTEARRAY:
+                n = int.from_bytes(data[i - size:i], "little")
+                start = i
+                i += n
+                if i > end:
+                    raise _Refused(pos, f"a length of {n} runs past the end")
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+                if kind == _BYTEARRAY:
+                    append([0, 1 + n // 16, None])
+                else:
+                    key = n <= 8 and (-_HASH_MODULUS < int.from_bytes(
+                        data[start:i], "little", signed=True) < _HASH_MODULUS)
+                    append((_SHARE | _KEY if key else _SHARE, 1 + n // 16, None))
+            elif kind == _STACK_GLOBAL:
+                if len(stack) - 2 < fence:
+                    raise _Refused(pos, "stack underflow")
+                (_, _, module), (_, _, name) = stack[-2:]
+                del stack[-2:]
+                if type(module) is not bytes or type(name) is not bytes:
+                    raise _Refused(pos, "STACK_GLOBAL needs two strings")
+                append((_SHARE | _GLOBAL, 1, (module.decode("utf-8", "surrogatepass"),
+                                              name.decode("utf-8", "surrogatepass"))))
+            elif kind == _REDUCE:
+                if len(stack) - 2 < fence:
+                    raise _Refused(pos, "stack underflow")
+                func, args = stack[-2:]
+                del stack[-2:]
+                if not func[0] & _GLOBAL or not args[0] & _TUPLE:
+                    raise _Refused(pos, "REDUCE needs a global and a tuple")
+                flags = _RESULTS.get(func[2], _STATE)
+                append((flags, 1 + args[1], None) if flags & _SHARE
+                       else [flags, 1 + args[1], None])
+            elif kind == _BUILD:
+                if len(stack) - 2 < fence:
+                    raise _Refused(pos, "stack underflow")
+                state = stack.pop()
+                target = stack[-1]
+                if not target[0] & _STATE:
+                    raise _Refused(pos, "BUILD of what is not a freshly made object")
+                target[1] += state[1]
+                if target[1] > limit:
+                    raise _Refused(pos, f"a value expands past {limit} units")
+            elif kind == _POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                    fence = marks[-1] if marks else 0
+                elif len(stack) <= fence:
+                    raise _Refused(pos, "stack underflow")
+                else:
+                    stack.pop()
+            elif kind == _POP_MARK:
+                if not marks:
+                    raise _Refused(pos, "no MARK")
+                del stack[marks.pop():]
+                fence = marks[-1] if marks else 0
+            elif kind == _TEXT:                         # protocol 0 and 1: rare, read slowly
+                i = _text_op(data, pos, detail, stack, memo, fence)
+                if pos < frame_end < i:
+                    raise _Refused(pos, crossing)
+            else:
+                raise _Refused(pos, f"{detail} is refused")
+    except IndexError:
+        raise _Refused(pos, "no STOP") from None
+    except ValueError as exc:                           # pickletools' readers, decoding
+        raise _Refused(pos, f"not a pickle: {exc}") from None
+
+
+def _text_op(data: bytes, pos: int, op: Any, stack: list, memo: dict, fence: int) -> int:
+    """check_pickle for an opcode of protocol 0 or 1 whose argument is text (or a BINSTRING):
+    read by pickletools; returns where the next opcode starts."""
+    f = io.BytesIO(data)
+    f.seek(pos + 1)
+    arg = op.arg.reader(f)
+    code = op.code
+    if code in "IL":
+        key = -_HASH_MODULUS < arg < _HASH_MODULUS
+        stack.append((_SHARE | _KEY if key else _SHARE, 1 + int(arg).bit_length() // 128, None))
+    elif code == "F":
+        stack.append(_FLOAT)
+    elif code in "STUV":
+        stack.append((_SHARE | _KEY, 1 + len(arg) // 16, None))
+    elif code == "g":
+        item = memo.get(arg)
+        if item is None:
+            raise _Refused(pos, f"memo index {arg} was never memoized")
+        if not item[0] & _SHARE:
+            raise _Refused(pos, "a list, dict, set or object is referenced twice")
+        stack.append(item)
+    elif code == "p":
+        if len(stack) <= fence:
+            raise _Refused(pos, "PUT of nothing")
+        if not 0 <= arg <= len(memo):
+            raise _Refused(pos, f"memo index {arg} skips past the {len(memo)} memoized")
+        memo[arg] = stack[-1]
+    else:                                               # GLOBAL "module name"
+        module, _, name = arg.partition(" ")
+        stack.append((_SHARE | _GLOBAL, 1, (module, name)))
+    return f.tell()
 
 
 _unpicklers: dict[frozenset, type[RestrictedUnpickler]] = {}
 
 
 def restricted_loads(data: bytes, allowed: Iterable[tuple[str, str]] = SAFE_GLOBALS) -> Any:
-    """pickle.loads with find_class limited to allowed."""
+    """pickle.loads of what check_pickle() accepts, with find_class limited to allowed."""
     cls = _unpicklers.get(allowed)          # type: ignore[call-overload]
     if cls is None:
         allowed = frozenset(allowed)
@@ -96,6 +494,7 @@ def restricted_loads(data: bytes, allowed: Iterable[tuple[str, str]] = SAFE_GLOB
                                                    {"allowed": allowed}))
         if len(_unpicklers) > 64:
             _unpicklers.clear()
+    check_pickle(data)
     return cls(io.BytesIO(data)).load()
 
 
@@ -183,8 +582,24 @@ class RPCHandler:
 
 # -- JSON codec -----------------------------------------------------------------------------------
 
-_json_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
-_json_loads = json.loads
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
+
+# Strict JSON both ways: NaN and Infinity are neither read (json.loads takes them by default)
+# nor written (a result of inf, or of 1e999 read as inf, is an error answer), so every peer's
+# parser (JavaScript, Go, serde) can read what we send.
+_json_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_json_decode = json.JSONDecoder(parse_constant=_not_json).decode
+
+
+def _json_loads(data: bytes | str) -> Any:
+    """json.loads, refusing NaN, Infinity and -Infinity."""
+    if not isinstance(data, str):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    elif data.startswith("\ufeff"):
+        raise ValueError("JSON text starts with a BOM")
+    return _json_decode(data)
 
 
 def json_request(name: str, args: tuple, kwargs: dict) -> bytes:

@@ -8,7 +8,8 @@ The dispatcher is sans-I/O: `dispatch(xml bytes) -> xml bytes`, with the marshal
 `SimpleXMLRPCServer` leaves open is closed here, before or while the document is parsed:
 
   * the body is bounded by the HTTP core (413 before a byte of it is read), and a gzip body is
-    inflated only up to the same bound (413 past it: a 1 GB bomb costs max_body, not 1 GB);
+    inflated only up to the same bound (413 past it: a 1 GB bomb costs max_body, not 1 GB), in
+    linear time, and of at most MAX_GZIP_MEMBERS members (70,000 empty ones were a minute);
   * the expat parser refuses any DOCTYPE and any entity declaration, so billion laughs,
     quadratic blowup and external entities never start (the defusedxml approach); the body is
     parsed in one Parse() call, so expat's reparse of large tokens (fixed in 2.6.0) is not
@@ -19,7 +20,12 @@ The dispatcher is sans-I/O: `dispatch(xml bytes) -> xml bytes`, with the marshal
     so no dotted names, no `_private`, no `__class__` (the CVE-2005-0089 class);
   * anything a method raises is a Fault (code 1, the stdlib's "<class 'KeyError'>:'x'" text),
     and so is a broken request (the interoperability codes -32700...-32603): the connection
-    stays up and kept alive.
+    stays up and kept alive;
+  * answers are bounded like requests: a response past max_response is a Fault, and
+    system.multicall takes at most max_multicall calls and stops calling once its answer is
+    too long (400 calls of keys() in 40 kB would answer 20 MB);
+  * a CR in a string goes out as `&#13;`: `xmlrpc.client.escape` leaves it raw, and the
+    client's parser would read it, and CR LF, as LF.
 
 The handler sits on the raw `HTTPServerHandler`, not on WSGI.  XML-RPC needs one path check,
 one method check and one header; the HTTP core already gives what WSGI would add (keep-alive,
@@ -33,10 +39,11 @@ import inspect
 import logging
 import re
 import zlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from xml.parsers.expat import ExpatError, ParserCreate
-from xmlrpc.client import (INVALID_METHOD_PARAMS, INVALID_XMLRPC, METHOD_NOT_FOUND,
-                           NOT_WELLFORMED_ERROR, Fault, Unmarshaller, dumps)
+from xmlrpc.client import (INTERNAL_ERROR, INVALID_METHOD_PARAMS, INVALID_XMLRPC,
+                           METHOD_NOT_FOUND, NOT_WELLFORMED_ERROR, Fault, Marshaller,
+                           Unmarshaller, dumps)
 
 from .base import RemoteProtocolError
 from .handlers import HTTPServerHandler
@@ -48,6 +55,10 @@ MAX_BODY = 8 * 1024 * 1024          # request body, and a gzip body once inflate
 MAX_DEPTH = 100                     # nested elements: about 32 arrays or structs in each other
 MAX_ELEMENTS = 1_000_000            # elements in one document
 RPC_PATHS = ("/", "/RPC2")          # SimpleXMLRPCRequestHandler.rpc_paths; others are 404
+MAX_GZIP_MEMBERS = 16               # members of one gzip body (ServerProxy sends one)
+MAX_RESPONSE = MAX_BODY             # bytes of a methodResponse, else a Fault
+MAX_MULTICALL = 10_000              # calls in one system.multicall
+_GZIP_MIN_MEMBER = 20               # bytes of the smallest gzip member (header, block, trailer)
 
 # A registered name: an identifier that does not start with "_".  "system." is ours.
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -118,23 +129,42 @@ def parse_call(data: bytes, *, max_depth: int = MAX_DEPTH, max_elements: int = M
     return method, params
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
+def gunzip(data: bytes, limit: int, max_members: int | None = MAX_GZIP_MEMBERS) -> bytes:
     """Inflate a gzip body, never producing more than limit bytes (413 past it, 400 if it is
-    not gzip): unlike gzip.decompress, a bomb costs limit bytes of memory, not its full size."""
+    not gzip, 413 for more than max_members members): unlike gzip.decompress, a bomb costs
+    limit bytes of memory, not its full size.
+
+    Linear in the body: a member ends where its inflater says, so each member's inflater is
+    fed slices of a memoryview from where the last one stopped, growing from the smallest
+    member (20 bytes) by doubling; what it reads past its member's end is never more than it
+    read of the member, so zlib reads each byte at most about three times, however many members
+    there are.  (Handing each member the whole remainder, and taking back its unused_data, is
+    quadratic: 70,000 empty members in 1.4 MB cost a minute.)  ServerProxy sends one member."""
+    view = memoryview(data)
+    end = len(view)
     out: list[bytes] = []
-    size = 0
+    size = start = members = 0
     try:
         while True:
+            members += 1
+            if max_members is not None and members > max_members:
+                raise RemoteProtocolError(
+                    f"gzip body of more than {max_members} members", 413)
             d = zlib.decompressobj(wbits=31)
-            piece = d.decompress(data, limit - size + 1)
-            size += len(piece)
-            if size > limit:
-                raise RemoteProtocolError(f"gzip body inflates past {limit} bytes", 413)
-            out.append(piece)
-            if not d.eof:
-                raise RemoteProtocolError("truncated gzip body")
-            data = d.unused_data         # concatenated members, as GzipFile reads them
-            if not data:
+            pos, step = start, _GZIP_MIN_MEMBER
+            while not d.eof:
+                if pos >= end:
+                    raise RemoteProtocolError("truncated gzip body")
+                chunk = view[pos:pos + step]
+                pos += len(chunk)
+                step *= 2
+                piece = d.decompress(chunk, limit - size + 1)
+                size += len(piece)
+                if size > limit:
+                    raise RemoteProtocolError(f"gzip body inflates past {limit} bytes", 413)
+                out.append(piece)
+            start = pos - len(d.unused_data)    # concatenated members, as GzipFile reads them
+            if start >= end:
                 break
     except zlib.error as exc:
         raise RemoteProtocolError(f"bad gzip body: {exc}") from None
@@ -148,12 +178,14 @@ class XMLRPCDispatcher:
     def __init__(self, *, allow_none: bool = False, encoding: str = "utf-8",
                  use_builtin_types: bool = True, introspection: bool = True,
                  multicall: bool = True, max_depth: int = MAX_DEPTH,
-                 max_elements: int = MAX_ELEMENTS) -> None:
+                 max_elements: int = MAX_ELEMENTS, max_response: int = MAX_RESPONSE,
+                 max_multicall: int = MAX_MULTICALL) -> None:
         # use_builtin_types: bytes and datetime rather than Binary and DateTime, which are
         # unhashable (no dict keys) and slower; the client decides its own types anyway.
         self.allow_none, self.encoding = allow_none, encoding
         self.use_builtin_types = use_builtin_types
         self.max_depth, self.max_elements = max_depth, max_elements
+        self.max_response, self.max_multicall = max_response, max_multicall
         self.funcs: dict[str, Callable[..., Any]] = {}
         if introspection:
             self.register_introspection_functions()
@@ -215,9 +247,15 @@ class XMLRPCDispatcher:
         """system.multicall([{'methodName': 'add', 'params': [2, 2]}, ...]) => [[4], ...]
 
         A failing call is a fault struct in its place; the others still run, in order."""
+        return list(self._multicall(calls))
+
+    def _multicall(self, calls: Any) -> Iterator[Any]:
+        """The results of system.multicall, one by one: [result] or a fault struct."""
         if not isinstance(calls, list):
             raise Fault(INVALID_METHOD_PARAMS, "system.multicall takes a list of calls")
-        results: list = []
+        if len(calls) > self.max_multicall:
+            raise Fault(INVALID_METHOD_PARAMS,
+                        f"system.multicall takes at most {self.max_multicall} calls")
         for call in calls:
             try:
                 if not isinstance(call, dict):
@@ -227,10 +265,34 @@ class XMLRPCDispatcher:
                     raise Fault(INVALID_METHOD_PARAMS, "system.multicall cannot be nested")
                 if not isinstance(name, str) or not isinstance(params, list):
                     raise Fault(INVALID_METHOD_PARAMS, "a call needs methodName and params")
-                results.append([self.call(name, params)])
+                yield [self.call(name, params)]
             except Fault as fault:
-                results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
-        return results
+                yield _fault_struct(fault)
+
+    def _multicall_response(self, calls: Any) -> str:
+        """The methodResponse of system.multicall, marshalled call by call so that it stops at
+        max_response characters, before more is built or called (400 calls of keys() in a
+        40 kB request would build a 20 MB answer; 70,000 in 8 MiB, gigabytes).  The text is
+        what dumps((results,), methodresponse=True) writes, joined from each result's <value>;
+        a result that does not marshal is a fault in its place, not the end of the others."""
+        head = _MULTICALL_HEAD if self.encoding == "utf-8" else _MULTICALL_HEAD.replace(
+            "?>", f" encoding='{self.encoding}'?>", 1)
+        parts = [head]
+        size = len(head) + len(_MULTICALL_TAIL)
+        encoding, allow_none = self.encoding, self.allow_none
+        for result in self._multicall(calls):
+            try:                             # a Marshaller per value: a failed one is dirty
+                value = Marshaller(encoding, allow_none).dumps((result,))
+            except Exception as exc:
+                value = Marshaller(encoding, allow_none).dumps(
+                    (_fault_struct(Fault(1, f"{type(exc)}:{exc}")),))
+            value = value[len(_PARAM_HEAD):-len(_PARAM_TAIL)]
+            size += len(value)
+            if size > self.max_response:
+                raise _too_large(self.max_response)
+            parts.append(value)
+        parts.append(_MULTICALL_TAIL)
+        return "".join(parts)
 
     # -- calling -----------------------------------------------------------------------------
 
@@ -249,20 +311,52 @@ class XMLRPCDispatcher:
 
     def dispatch(self, data: bytes) -> bytes:
         """A methodCall document in, its methodResponse document out (a result or a Fault):
-        never raises, so a bad request costs the peer a Fault, not the connection."""
+        never raises, so a bad request costs the peer a Fault, not the connection.  A response
+        longer than max_response is a Fault too: requests are bounded, and so are answers."""
         try:
             method, params = parse_call(data, max_depth=self.max_depth,
                                         max_elements=self.max_elements,
                                         use_builtin_types=self.use_builtin_types)
-            result = self.call(method, params)
-            response = dumps((result,), methodresponse=True, allow_none=self.allow_none,
-                             encoding=self.encoding)
+            if (method == "system.multicall" and len(params) == 1
+                    and self.funcs.get(method) == self.system_multicall):
+                response = self._multicall_response(params[0])
+            else:
+                result = self.call(method, params)
+                response = dumps((result,), methodresponse=True, allow_none=self.allow_none,
+                                 encoding=self.encoding)
+                if len(response) > self.max_response:
+                    raise _too_large(self.max_response)
         except Fault as fault:
             response = dumps(fault, allow_none=self.allow_none, encoding=self.encoding)
         except Exception as exc:         # the result would not marshal (None, 2**40, depth)
             response = dumps(Fault(1, f"{type(exc)}:{exc}"), allow_none=self.allow_none,
                              encoding=self.encoding)
-        return response.encode(self.encoding, "xmlcharrefreplace")
+        if "\r" in response:
+            # xmlrpc.client.escape leaves CR as it is, and the peer's XML parser turns a raw
+            # CR (or CR LF) into LF: written as a character reference, it arrives as CR.
+            response = response.replace("\r", "&#13;")
+        encoded = response.encode(self.encoding, "xmlcharrefreplace")
+        if len(encoded) > self.max_response:      # a character is one byte or more: rarely
+            encoded = fault_response(INTERNAL_ERROR, _too_large(self.max_response).faultString,
+                                     self.encoding)
+        return encoded
+
+
+def _fault_struct(fault: Fault) -> dict:
+    """A fault in a multicall result list, as SimpleXMLRPCDispatcher writes it."""
+    return {"faultCode": fault.faultCode, "faultString": fault.faultString}
+
+
+def _too_large(limit: int) -> Fault:
+    return Fault(INTERNAL_ERROR, f"the response would exceed {limit} bytes")
+
+
+# How Marshaller.dumps frames one value, and the methodResponse around a multicall's array
+# (xmlrpc.client.dumps((list,), methodresponse=True) writes exactly these).
+_PARAM_HEAD, _PARAM_TAIL = "<params>\n<param>\n", "</param>\n</params>\n"
+_MULTICALL_HEAD = ("<?xml version='1.0'?>\n<methodResponse>\n" + _PARAM_HEAD
+                   + "<value><array><data>\n")
+_MULTICALL_TAIL = "</data></array></value>\n" + _PARAM_TAIL + "</methodResponse>\n"
 
 
 def fault_response(code: int, message: str, encoding: str = "utf-8") -> bytes:
@@ -328,6 +422,7 @@ def xmlrpc_factory(dispatcher: XMLRPCDispatcher, *, max_body: int = MAX_BODY,
     return type("XMLRPC", (XMLRPCHandler,), attrs)
 
 
-__all__ = ["MAX_BODY", "MAX_DEPTH", "MAX_ELEMENTS", "RPC_PATHS", "Fault",
+__all__ = ["MAX_BODY", "MAX_DEPTH", "MAX_ELEMENTS", "MAX_GZIP_MEMBERS", "MAX_MULTICALL",
+           "MAX_RESPONSE", "RPC_PATHS", "Fault",
            "XMLRPCDispatcher", "XMLRPCHandler", "fault_response", "gunzip", "parse_call",
            "xmlrpc_factory"]

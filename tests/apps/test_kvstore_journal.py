@@ -86,7 +86,8 @@ def test_frame_refuses_empty_payloads():
 
 VALUES = {"s": "héllo", "i": 7, "f": 2.5, "t": True, "n": None, "b": b"\x00\xff",
           "d": datetime.datetime(2024, 1, 2, 3, 4, 5), "l": [1, [2, {"x": None}]], "m": {},
-          7: "int key", b"k": "bytes key"}
+          b"k": "bytes key", "cr\r": "a\rb\r\nc\n", "nested": [{"k\r\n": "\r"}, "\r\r"],
+          "ws": " \t\n\t "}
 
 
 def open_store(path, **options) -> KeyValueStore:
@@ -128,6 +129,58 @@ def test_failed_operations_write_nothing(tmp_path):
     assert store._journal.size == size == os.path.getsize(path)
     assert store._data == {}
     close(store)
+
+
+@pytest.mark.parametrize("key", [7, -1, 2**61 - 1, 3 * (2**61 - 1), 1.5, True, None,
+                                 datetime.datetime(2024, 1, 1), ("t",), frozenset()],
+                         ids=repr)
+def test_keys_are_str_or_bytes(tmp_path, key):
+    """Keys whose hash is not randomized could flood the dict (hash(i * (2**61 - 1)) == 0):
+    refused, with or without a journal, before anything is written."""
+    store = open_store(tmp_path / "j")
+    size = store._journal.size
+    with pytest.raises(TypeError, match="str or bytes"):
+        store.set(key, 1)
+    assert store._journal.size == size and store._data == {}
+    close(store)
+    memory = KeyValueStore()
+    with pytest.raises(TypeError):
+        memory.set(key, 1)
+    assert memory._data == {}
+
+
+@pytest.mark.parametrize("value", [
+    datetime.datetime(2024, 1, 2, 3, 4, 5, 600),
+    datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    [{"when": datetime.datetime(2024, 1, 2,
+                                tzinfo=datetime.timezone(datetime.timedelta(hours=2)))}],
+], ids=["microseconds", "utc", "nested-offset"])
+def test_datetimes_that_would_not_replay_as_stored_are_refused(tmp_path, value):
+    """dateTime.iso8601 has whole seconds and no zone: stored, such a value would come back
+    different after a restart, so it is refused and nothing is written."""
+    store = open_store(tmp_path / "j")
+    size = store._journal.size
+    with pytest.raises(ValueError, match="dateTime"):
+        store.set("when", value)
+    assert store._journal.size == size and store._data == {}
+    store.set("when", datetime.datetime(2024, 1, 2, 3, 4, 5))
+    close(store)
+    again = open_store(tmp_path / "j")
+    assert again._data == {"when": datetime.datetime(2024, 1, 2, 3, 4, 5)}
+    close(again)
+
+
+def test_carriage_returns_are_written_as_references(tmp_path):
+    """A raw CR would be read back as LF (XML end-of-line handling): the record holds none."""
+    path = tmp_path / "j"
+    store = open_store(path)
+    store.set("k\r", {"m\r": "\r\n\r"})
+    close(store)
+    raw = path.read_bytes()
+    assert b"\r" not in raw and raw.count(b"&#13;") == 4
+    again = open_store(path)
+    assert again._data == {"k\r": {"m\r": "\r\n\r"}}
+    close(again)
 
 
 def test_what_a_local_caller_stores_replays_beyond_the_wire_bounds(tmp_path):

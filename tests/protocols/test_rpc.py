@@ -2,7 +2,10 @@
 clients on the reactor, with the recipe's own client code as the oracle for the pickle wire."""
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
+import json
 import pickle
 import socket
 import struct
@@ -125,10 +128,135 @@ def test_restricted_loads_refuses_globals(tmp_path):
         rpc.restricted_loads(pickle.dumps(Custom("x")))
 
 
-@pytest.mark.parametrize("value", [1, "s", b"b", (1, [2, {"3": 4.5}]), {1, 2}, frozenset({3}),
-                                   bytearray(b"x"), 2 + 3j, None, True])
-def test_restricted_loads_admits_plain_data(value):
-    assert rpc.restricted_loads(pickle.dumps(value)) == value
+UTC = datetime.timezone.utc
+PLAIN = [1, "s", b"b", (1, [2, {"3": 4.5}]), {1, 2}, frozenset({3}), bytearray(b"x"), 2 + 3j,
+         None, True, -2**100, 1.5, "\u00e9" * 300, b"x" * 70_000, [], {}, (), [[[]]],
+         decimal.Decimal("1.25"), slice(1, 2), datetime.date(2020, 1, 1),
+         datetime.timedelta(3), {datetime.date(2020, 1, 1): "a date key", b"k": 1, None: 2},
+         [datetime.datetime(2024, 1, 1, tzinfo=UTC)] * 3,        # timezone.utc, shared
+         ["abc"] * 100, ((1, 2), (1, 2)), {"k": "v", "k2": "v"}, {2**61 - 2, -(2**61 - 2)}]
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("value", PLAIN, ids=lambda v: repr(v)[:40])
+def test_restricted_loads_admits_plain_data(value, protocol):
+    if protocol < 4 and isinstance(value, (set, frozenset)):
+        # before protocol 4 a set is REDUCE(builtins.set, [...]): a global no longer allowed
+        with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+            rpc.restricted_loads(pickle.dumps(value, protocol))
+        return
+    assert rpc.restricted_loads(pickle.dumps(value, protocol)) == value
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_old_protocols_pass_the_scan(protocol):
+    value = ("add", (1, -2**40, 2.5, "s\u00e9", None, True, [1, {"k": (2, "s\u00e9")}]),
+             {"k": [], "j": {}})
+    assert rpc.restricted_loads(pickle.dumps(value, protocol)) == value
+    assert rpc.pickle_decode_request(pickle.dumps(value, protocol)) == (value, False)
+
+
+def test_the_recipe_requests_pass_the_scan():
+    shared = (1, 2)                          # one constant object: pickled once, then a GET
+    for request in [("add", (2, 3), {}), ("add", ([1], [2]), {}), ("sub", (), {"x": 1, "y": 2}),
+                    ("add", (shared, shared), {}), ("add", ("a" * 10_000, "b"), {})]:
+        for data in (pickle.dumps(request), pickle.dumps(pickle.dumps(request))):
+            assert rpc.pickle_decode_request(data)[0] == request
+
+
+def memo_dag(depth: int, leaf: bytes = b")") -> bytes:
+    """Memoize t_0 = leaf, t_(i+1) = (t_i, t_i) (a tree of 2**depth leaves in 6 bytes a
+    level) and leave the stack empty: GET depth fetches t_depth."""
+    out = [b"\x80\x04(", leaf, b"\x94"]
+    for i in range(depth):
+        out.append(b"h%ch%c\x86\x94" % (i, i))
+    out.append(b"1")                                        # POP_MARK
+    return b"".join(out)
+
+
+def dag(depth: int) -> bytes:
+    """A pickle building t_depth, which hashing or comparing walks leaf by leaf; append STOP."""
+    return memo_dag(depth) + b"h%c" % depth
+
+
+def flood(keys, opener=b"\x8f(", closer=b"\x90.") -> bytes:
+    """A set (or frozenset, dict) of the given ints as LONG1 opcodes."""
+    longs = b"".join(b"\x8a" + bytes([n := (k.bit_length() + 8) // 8]) + k.to_bytes(n, "little",
+                                                                                    signed=True)
+                     for k in keys)
+    return b"\x80\x04" + opener + longs + closer
+
+
+P = 2**61 - 1
+
+
+@pytest.mark.parametrize("data", [
+    memo_dag(27) + b"\x8f(h\x1b\x90.",                    # the DAG hashed into a set
+    dag(27) + b".",                                          # ... or for a caller to hash
+    dag(20) + b"\x85.",
+    b"\x80\x04]\x94(h\x00e.",                               # a list holding itself
+    b"\x80\x04]\x94h\x00h\x00\x86.",                        # one list, two references
+    b"\x80\x04}\x94h\x00\x85.",
+    b"\x80\x04]2\x86.",                                    # DUP
+    flood([i * P for i in range(1, 50)]),                    # ints that all hash to 0
+    flood([i * P for i in range(1, 50)], b"(", b"\x91."),   # ... in a frozenset
+    b"\x80\x04}(" + b"G" + bytes(8) + b"K\x01u.",            # a float dict key
+    b"\x80\x04\x8f(K\x01\x85\x90.",                         # a tuple in a set
+    b"\x80\x04Nr" + (1 << 22).to_bytes(4, "little") + b".",   # a memo index never memoized
+    b"\x80\x04Np1000\n.",
+    b"\x80\x04Nh\x00.",
+    b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"xx.",  # lengths beyond the data
+    b"\x80\x05\x96" + (1 << 40).to_bytes(8, "little") + b"xx.",
+    b"\x80\x04\x8d" + (1 << 40).to_bytes(8, "little") + b"xx.",
+    b"\x80\x04B" + (1 << 31).to_bytes(4, "little") + b"xx.",
+    b"\x80\x04\x8c\x08builtins\x8c\tbytearray\x93J" + (64 << 20).to_bytes(4, "little") + b"\x85R.",
+    b"\x80\x04\x8c\x08builtins\x8c\x07complex\x93\x8c\x051e999\x85R.",
+    b"\x80\x04\x8c\x07decimal\x8c\x07Decimal\x93\x8a\x01\x05\x85R.",
+    b"\x80\x04\x8c\tfractions\x8c\x08Fraction\x93\x8c\t1e2000000\x85R.",
+    b"\x80\x04\x8c\x08builtins\x8c\x05range\x93J\xff\xff\xff\x7f\x85R.",
+    b"\x80\x04\x8c\x08builtins\x8c\x03set\x93](K\x01e\x85R.",
+    b"\x80\x04\x8c\x0bcollections\x8c\x0bOrderedDict\x93)R.",
+    b"\x80\x04K\x01K\x02.", b"\x80\x04(K\x01.", b"\x80\x04K\x01", b"",
+    # a length read across the end of a FRAME: the C Unpickler reads garbage (MemoryError)
+    b"\x80\x05\x95\x03" + bytes(7) + b"\x96\x01" + bytes(7) + b"2.",
+    b"\x80\x05\x95\x03" + bytes(7) + b"\x8e\x01" + bytes(7) + b"2.",
+    b"\x80\x04\x95\x01" + bytes(7) + b"\x8c\x012.",
+    b"\x80\x04\x95\xff" + bytes(7) + b"N.",                   # a frame past the end
+    b"\x80\x04\x95\x0b" + bytes(7) + b"\x95\x01" + bytes(7) + b"N.",      # a frame in a frame
+], ids=lambda d: repr(d)[:50])
+def test_what_the_scan_refuses(data):
+    with pytest.raises(pickle.UnpicklingError):
+        rpc.restricted_loads(data)
+    with pytest.raises(BadRequest):
+        rpc.pickle_decode_request(data)
+
+
+def test_frames_as_pickle_dumps_writes_them():
+    """Frames of 64 KiB, and large bytes written between frames, as pickle.dumps does."""
+    for value in [b"x" * 300_000, ["a" * 70_000, b"b" * 200_000, bytearray(100_000)],
+                  list(range(50_000)), {"k%d" % i: "v" * 100 for i in range(3000)}]:
+        for protocol in (4, 5):
+            assert rpc.restricted_loads(pickle.dumps(value, protocol)) == value
+    framed = b"\x80\x04\x95\x01" + bytes(7) + b"N\x95\x01" + bytes(7) + b"."   # two frames
+    assert rpc.restricted_loads(framed) is None
+
+
+def test_sharing_is_bounded_by_the_size_of_the_pickle():
+    expected = ()
+    for depth in range(9):                   # 2**8 leaves from 60 bytes: within the slack
+        assert rpc.restricted_loads(dag(depth) + b".") == expected
+        expected = (expected, expected)
+    data = dag(12) + b"."
+    with pytest.raises(pickle.UnpicklingError, match="expands"):
+        rpc.check_pickle(data)
+    rpc.check_pickle(data, expansion=1 << 20)                # the bound is the only objection
+
+
+def test_set_keys_up_to_the_hash_modulus():
+    keys = [P - 1, -(P - 1), 0, -1, 2**31]
+    assert rpc.restricted_loads(flood(keys)) == set(keys)
+    with pytest.raises(pickle.UnpicklingError, match="key"):
+        rpc.restricted_loads(flood(keys + [P]))
 
 
 def test_exceptions_only_where_allowed():
@@ -190,6 +318,41 @@ def test_json_round_trip():
     assert info.value.type_name == "Weird"
     with pytest.raises(TypeError):
         rpc.json_decode_answer(rpc.json_answer(True, {1, 2}))       # not JSON: a TypeError answer
+
+
+def _strict(constant):
+    raise ValueError(constant)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"x": -float("inf")}]])
+def test_json_never_writes_nan_or_infinity(value):
+    answer = rpc.json_answer(True, value)
+    json.loads(answer, parse_constant=_strict)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        rpc.json_decode_answer(answer)
+    with pytest.raises(ValueError):
+        rpc.json_request("add", (value,), {})
+
+
+@pytest.mark.parametrize("payload", [b'["add",[NaN,1],{}]', b'["add",[Infinity,1],{}]',
+                                     b'["add",[-Infinity,1],{}]', b'{"result":NaN}'])
+def test_json_never_reads_nan_or_infinity(payload):
+    with pytest.raises(ValueError):
+        rpc._json_loads(payload)
+    assert rpc._json_loads(payload.replace(b"NaN", b"1").replace(b"Infinity", b"2")) is not None
+
+
+def test_json_request_with_nan_is_an_error_answer(json_address):
+    reply = frames_after_auth(json_address, frame(b'["add",[NaN,1],{}]'))
+    n = struct.unpack("!i", reply[:4])[0]
+    answer = json.loads(reply[4:4 + n], parse_constant=_strict)
+    assert answer["error"]["type"] == "ValueError" and len(reply) == 4 + n
+    with socket.create_connection(json_address, timeout=5) as sock:    # 1e999 + 1 is inf
+        client_authenticate(sock, KEY)
+        sock.sendall(frame(b'["add",[1e999,1],{}]'))
+        (n,) = struct.unpack("!i", recv_exactly(sock, 4))
+        answer = json.loads(recv_exactly(sock, n), parse_constant=_strict)
+    assert answer["error"]["type"] == "TypeError"
 
 
 # -- on the reactor: JSON behind HMAC ----------------------------------------------------------------

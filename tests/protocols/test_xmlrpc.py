@@ -17,8 +17,10 @@ from xmlrpc.client import Fault, ServerProxy, dumps, loads
 import pytest
 
 from protocols.base import RemoteProtocolError
-from protocols.xmlrpc import (MAX_DEPTH, XMLRPCDispatcher, gunzip, parse_call,
-                              xmlrpc_factory)
+import protocols.xmlrpc as xmlrpc_mod
+from protocols.xmlrpc import (MAX_DEPTH, MAX_GZIP_MEMBERS, MAX_MULTICALL, XMLRPCDispatcher,
+                              gunzip, parse_call, xmlrpc_factory)
+from tests.protocols.zlib_counter import counting_zlib
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -221,6 +223,72 @@ def test_multicall_matches_the_stdlib_client(dispatcher):
         xmlrpc.client.INVALID_METHOD_PARAMS
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "iso-8859-1"])
+def test_multicall_response_is_what_dumps_writes(store, encoding):
+    """The multicall answer is marshalled result by result (to stop at max_response), and is
+    still byte for byte the document xmlrpc.client.dumps makes of the whole list."""
+    d = XMLRPCDispatcher(allow_none=True, encoding=encoding)
+    d.register_instance(store)
+    store._data.update({"s": "h\u00e9llo <&> \u2603", "l": [1, [2.5, {"x": None}]], "b": b"\x00",
+                        "t": datetime.datetime(2024, 2, 29, 12, 30, 1), "n": None})
+    calls = [{"methodName": "get", "params": [k]} for k in [*store._data, "missing"]]
+    calls += [{"methodName": "keys", "params": []}, {"methodName": "nope", "params": []}]
+    request = dumps((calls,), "system.multicall").encode()
+    expected = dumps((d.system_multicall(calls),), methodresponse=True, allow_none=True,
+                     encoding=encoding).encode(encoding, "xmlcharrefreplace")
+    assert d.dispatch(request) == expected
+
+
+def test_a_multicall_result_that_does_not_marshal_is_a_fault_in_its_place():
+    d = XMLRPCDispatcher(allow_none=False)
+    d.register_function(lambda: None, "nothing")
+    d.register_function(lambda: 1, "one")
+    results = call(d, "system.multicall", [{"methodName": "nothing", "params": []},
+                                           {"methodName": "one", "params": []}],
+                   allow_none=False)
+    assert results[0]["faultCode"] == 1 and "allow_none" in results[0]["faultString"]
+    assert results[1] == [1]
+
+
+def test_multicall_count_is_bounded(dispatcher, store):
+    calls = [{"methodName": "set", "params": ["k", 1]}] * (MAX_MULTICALL + 1)
+    fault = fault_of(dispatcher, dumps((calls,), "system.multicall").encode())
+    assert fault.faultCode == xmlrpc.client.INVALID_METHOD_PARAMS
+    assert store._data == {}                    # refused before any call ran
+    assert len(call(dispatcher, "system.multicall", calls[:MAX_MULTICALL])) == MAX_MULTICALL
+
+
+def test_responses_are_bounded(store):
+    """A response past max_response is a Fault, a single call's as well as a multicall's; a
+    multicall stops calling once its answer is too long."""
+    d = XMLRPCDispatcher(allow_none=True, max_response=10_000)
+    d.register_instance(store)
+    counted = []
+    d.register_function(lambda: counted.append(1) or "x" * 1000, "kilo")
+    assert call(d, "kilo") == "x" * 1000
+    store._data["big"] = "y" * 10_000
+    assert fault_of(d, dumps(("big",), "get").encode()).faultCode == xmlrpc.client.INTERNAL_ERROR
+    counted.clear()
+    request = dumps(([{"methodName": "kilo", "params": []}] * 1000,), "system.multicall").encode()
+    response = d.dispatch(request)
+    assert len(response) < 10_000 and b"exceed" in response
+    assert len(counted) < 11                    # 1000 calls asked for, 10 or so made
+    assert len(call(d, "system.multicall", [{"methodName": "kilo", "params": []}] * 8)) == 8
+
+
+def test_carriage_returns_reach_the_client(dispatcher, store):
+    """xmlrpc.client.escape leaves CR raw and the client's parser would read it as LF: the
+    server writes it as a character reference, so the stdlib client gets the CR back.  (A
+    request must do the same to carry one: the stdlib client's own requests lose it.)"""
+    value = {"a\r": "x\r\ny\rz"}
+    request = dumps(("k\r", value), "set").replace("\r", "&#13;").encode()
+    assert raw(dispatcher, request) is None
+    assert store._data == {"k\r": value}
+    assert b"\r" not in dispatcher.dispatch(dumps(("k\r",), "get").replace("\r", "&#13;").encode())
+    assert raw(dispatcher, dumps(("k\r",), "get").replace("\r", "&#13;").encode()) == value
+    assert call(dispatcher, "keys") == ["k\r"]
+
+
 # -- documents that are refused (E8, E11) --------------------------------------------------------
 
 CALL = b"<methodCall><methodName>get</methodName><params><param><value>%s</value></param></params></methodCall>"
@@ -358,6 +426,30 @@ def test_gunzip_limit_is_exact():
     with pytest.raises(RemoteProtocolError) as info:    # the limit spans members
         gunzip(gzip.compress(b"x" * 60) * 2, 100)
     assert info.value.error_status_hint == 413
+
+
+@pytest.mark.parametrize("sizes", [[0] * 500, [1, 5000, 3, 70000, 0, 20, 100_000],
+                                   [(i * 7919) % 3000 for i in range(300)]],
+                         ids=["empty", "mixed", "many"])
+def test_gunzip_reads_each_byte_a_bounded_number_of_times(monkeypatch, sizes):
+    """Many members are read in linear time: zlib is fed at most 3x the body in all, whatever
+    the number and sizes of the members (the old loop fed each member the whole rest)."""
+    parts = [bytes((i * 31 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+    body = b"".join(gzip.compress(p) for p in parts)
+    fed = counting_zlib(monkeypatch)
+    assert gunzip(body, 1 << 24, max_members=None) == b"".join(parts)
+    assert sum(fed) <= 3 * len(body)
+    assert fed.count(0) >= len(parts)
+
+
+def test_gzip_members_are_counted(monkeypatch):
+    one = gzip.compress(b"x")
+    assert gunzip(one * MAX_GZIP_MEMBERS, 1000) == b"x" * MAX_GZIP_MEMBERS
+    fed = counting_zlib(monkeypatch)
+    with pytest.raises(RemoteProtocolError) as info:
+        gunzip(one * 70_000, 1000)
+    assert info.value.error_status_hint == 413
+    assert sum(fed) <= 3 * len(one) * (MAX_GZIP_MEMBERS + 1)     # the rest is never read
 
 
 def gzip_bomb(size: int) -> bytes:
