@@ -75,6 +75,10 @@ class _Waker(EventHandler):
         except (BlockingIOError, InterruptedError):
             pass
 
+    def wakeup_fd(self) -> int:
+        """The descriptor a signal's C-level handler writes to (signal.set_wakeup_fd)."""
+        return self._wsock.fileno()
+
     def wake(self) -> None:
         try:
             self._wsock.send(b"\0")
@@ -105,6 +109,7 @@ class Reactor:
         self._timers = TimerHeap()
         self._ready: collections.deque = collections.deque()
         self._signals: dict[int, Any] = {}
+        self._previous_wakeup_fd = -1
         self._running = self._stopping = self._closed = self._closing = False
         # statistics
         self._turns = self._events = 0
@@ -258,10 +263,19 @@ class Reactor:
     # -- signals -------------------------------------------------------------------------------
 
     def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
-        """Run callback(*args) on the reactor thread when sig arrives (main thread only)."""
+        """Run callback(*args) on the reactor thread when sig arrives (main thread only).
+
+        A Python signal handler runs only when the main thread next executes bytecode.  A
+        signal that lands just before the thread enters epoll_wait, or on another thread,
+        interrupts nothing, and the reactor would sleep on with the handler pending (until the
+        next event: forever on an idle server).  So the C-level handler also writes to the
+        waker (signal.set_wakeup_fd, as asyncio does), which wakes the poll in every case."""
         def on_signal(signum: int, frame: Any) -> None:
             self.call_soon_threadsafe(callback, *args)
         previous = signal.signal(sig, on_signal)
+        if not self._signals:
+            self._previous_wakeup_fd = signal.set_wakeup_fd(self._waker.wakeup_fd(),
+                                                            warn_on_full_buffer=False)
         self._signals.setdefault(sig, previous)
 
     def remove_signal_handler(self, sig: int) -> bool:
@@ -269,7 +283,16 @@ class Reactor:
         if sig not in self._signals:
             return False
         signal.signal(sig, self._signals.pop(sig))
+        if not self._signals:
+            self._restore_wakeup_fd()
         return True
+
+    def _restore_wakeup_fd(self) -> None:
+        """Give the wake-up descriptor back to whoever had it before our first handler."""
+        try:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+        except (ValueError, OSError):   # not the main thread, or that descriptor is gone
+            signal.set_wakeup_fd(-1)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -397,9 +420,9 @@ class Reactor:
         for handler in list(self._handlers):
             if handler is not self._waker:
                 self.remove(handler)
-        self.remove(self._waker)
-        for sig in list(self._signals):
+        for sig in list(self._signals):     # before the waker closes: it is the wake-up fd
             self.remove_signal_handler(sig)
+        self.remove(self._waker)
         self._timers.clear()
         self._ready.clear()
         self._selector.close()
@@ -413,6 +436,8 @@ class Reactor:
         registrations.  No handler callback runs.  The reactor is unusable afterwards."""
         for sig, previous in list(self._signals.items()):
             signal.signal(sig, previous)
+        if self._signals:
+            self._restore_wakeup_fd()
         self._signals.clear()
         for handler in list(self._handlers):
             forget = getattr(handler, "forget_after_fork", None)

@@ -296,6 +296,42 @@ def test_signal_handler_runs_on_the_reactor(reactor):
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
 
 
+def test_a_signal_caught_on_another_thread_wakes_an_idle_reactor(reactor):
+    """The lost wake-up behind a SIGTERM that did not stop an idle server: the C-level handler
+    ran on a thread other than the one blocked in epoll_wait (or just before it entered it), so
+    nothing interrupted the poll, and the Python handler waited for an event that never came."""
+    got, fallback = [], []
+
+    def on_usr1() -> None:
+        got.append("usr1")
+        reactor.stop()
+
+    def give_up() -> None:          # a bound on the test, not a synchronisation
+        fallback.append(True)
+        reactor.stop()
+
+    running = threading.Event()
+
+    def signal_from_this_thread() -> None:
+        running.wait(10)
+        running.wait(0.1)           # let the main thread get into the poll (no timer wakes it)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    reactor.add_signal_handler(signal.SIGUSR1, on_usr1)
+    try:
+        reactor.call_soon(running.set)
+        timer = reactor.call_later(10, give_up)
+        thread = threading.Thread(target=signal_from_this_thread)
+        thread.start()
+        reactor.run()
+        thread.join(10)
+        timer.cancel()
+        assert (got, fallback) == (["usr1"], [])
+    finally:
+        assert reactor.remove_signal_handler(signal.SIGUSR1)
+    assert signal.set_wakeup_fd(-1) == -1       # the wake-up descriptor was given back
+
+
 def test_stop_from_a_callback_and_run_returns(reactor):
     reactor.call_later(0.01, reactor.stop)
     reactor.run()
