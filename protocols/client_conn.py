@@ -346,19 +346,30 @@ class ConnectionPool:
             ex.timer.cancel()
             ex.timer = None
         nothing = not ex.received
-        body = ex.body
-        if (nothing and ex.reused and not ex.retried and ex.method in IDEMPOTENT
-                and (body is None or type(body) is bytes or body.rewind())):
+        if nothing and ex.reused and self._replayable(ex):
             log.debug("%r: kept-alive connection closed under %s; retrying once", handler, ex.url)
-            ex.retried = True
-            ex.handler = None
-            self._dispatch(ex, fresh=True)
+            self._retry(ex)
             return
         what = "before sending a response" if nothing else "in the middle of the response"
         cause = f" ({exc})" if exc is not None else ""
         err = RemoteDisconnected(f"{ex.url.host_header} closed the connection {what}{cause}", ex.url.url)
         err.__cause__ = exc
         self._failed(ex, err)
+
+    def _replayable(self, ex: _Exchange) -> bool:
+        """True if ex may be sent once more: not yet retried, idempotent, its body replayable."""
+        body = ex.body
+        return (not ex.retried and ex.method in IDEMPOTENT
+                and (body is None or type(body) is bytes or body.rewind()))
+
+    def _retry(self, ex: _Exchange) -> None:
+        """Send ex once more on a new connection (its old one is gone or going)."""
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        ex.retried = True
+        ex.handler = None
+        self._dispatch(ex, fresh=True)
 
     def _failed(self, ex: _Exchange, exc: BaseException, force: bool = False) -> None:
         """The call of ex fails with exc (force: even if ex was marked done on the way)."""

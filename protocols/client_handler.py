@@ -167,7 +167,18 @@ class _ClientHandler(StreamHandler):
         try:
             events = self.conn.receive_data(data)
         except RemoteProtocolError as exc:
-            self._abandon(InvalidResponse(f"invalid response from {ex.url.host_header}: {exc}", ex.url.url))
+            err = InvalidResponse(f"invalid response from {ex.url.host_header}: {exc}", ex.url.url)
+            if ex.reused and ex.head is None and self.client._replayable(ex):
+                # No status line where this response should start: on a reused connection that
+                # is the late excess of the previous response (longer than announced), not an
+                # answer.  Drop the connection; send once more on a new one, as for a stale one.
+                log.warning("%r: %s on a reused connection; retrying once", self, exc)
+                self.exchange = None
+                self._body = None
+                self.abort()
+                self.client._retry(ex)
+                return
+            self._abandon(err)
             return
         for event in events:
             kind = type(event)

@@ -51,3 +51,22 @@ def test_http_benchmark_measures_all_five_servers():
             assert server["non2xx"] == 0, name
         assert row["ratios"] and all(value > 0 for value in row["ratios"].values())
     assert rows[1]["servers"]["ours-raw"]["connects_per_s"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_http_benchmark_prints_its_table():
+    """Without --json: the header names the load client, then the table and its case rows."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.http", "--quick", "--rounds", "1",
+                           "--duration", "0.2", "--warmup", "0.05", "--client", "python",
+                           "--cases", "ka1", "--servers", "ours-raw,asyncio"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("HTTP/1.1 GET over 127.0.0.1;")
+    assert "; client: python (" in lines[0]
+    header = next(line for line in lines if line.startswith("case "))
+    assert header.split() == ["case", "server", "req/s", "us/req", "busy", "srv/cli", "errors"]
+    rows = lines[lines.index(header) + 1:]
+    assert rows[0].startswith("keep-alive x 1") and rows[0].split()[3] == "ours-raw"
+    assert rows[1].split()[0] == "asyncio" and "ours-raw/asyncio" in rows[2]
+    assert not any(line.startswith("{") for line in lines)

@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -466,6 +467,68 @@ def test_files_are_streamed_in_pieces(rest, session):
     assert body["files"]["file"] == content.decode() and body["form"] == {"note": "n"}
     assert body["headers"]["Content-Type"].startswith("multipart/form-data; boundary=")
     assert len(upload.sizes) > 10 and all(0 < s <= CHUNK for s in upload.sizes)
+
+
+class PositionFile(io.RawIOBase):
+    """size bytes of b"x", made as they are read (50 MB costs nothing); pos is how far the
+    client has read it."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.pos = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def read(self, size=-1) -> bytes:
+        n = self.size - self.pos if size is None or size < 0 else min(size, self.size - self.pos)
+        self.pos += n
+        return b"x" * n
+
+
+@pytest.mark.timeout(30)
+def test_a_large_file_is_read_only_as_fast_as_the_server_takes_it():
+    """A server that accepts and never reads: the client reads a 50 MB file only as far as the
+    socket buffers and its own high-water mark can hold, not whole (issue 4: streamed)."""
+    size = 50 * 1000 * 1000
+    upload = PositionFile(size)
+    listener = socket.create_server(("127.0.0.1", 0))
+    reactor = Reactor()
+    try:
+        c = HTTPClient(reactor, timeout=(5, 30))
+        future = c.post(f"http://127.0.0.1:{listener.getsockname()[1]}/", data=upload)
+        listener.settimeout(5)
+        peer, _ = listener.accept()
+        with peer:
+            # Turn the reactor until the read position has stood still for 20 turns of 10 ms
+            # (the kernel buffers are full and the client waits for the server), at most 10 s.
+            still, last, deadline = 0, -1, time.monotonic() + 10
+            while still < 20 and time.monotonic() < deadline:
+                reactor.run_once(0.01)
+                still, last = (still + 1, last) if upload.pos == last else (0, upload.pos)
+            assert still >= 20, f"still reading at {upload.pos} bytes"
+            assert not future.done()
+            [handler] = c._handlers
+            buffers = (handler.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                       + peer.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            # Linux reports the doubled buffer sizes already; another 2x for what loopback
+            # queues beyond them (skb overhead accounting), then the write buffer and a chunk.
+            allowance = handler.high_water + CHUNK + 2 * buffers
+            assert 0 < upload.pos <= allowance, (upload.pos, allowance)
+            assert upload.pos < size // 4
+        future.cancel()
+    finally:
+        listener.close()
+        reactor.close()
 
 
 def test_upload_from_a_real_file(rest, session, tmp_path):

@@ -178,6 +178,50 @@ def test_stale_kept_alive_connection_is_retried_once_for_idempotent_requests(raw
     assert server.connections == 2 and len(server.requests) == 3
 
 
+@pytest.mark.timeout(30)
+def test_late_excess_bytes_never_become_the_response_of_a_queued_request():
+    # One connection per origin, two requests: the first response's body is longer than
+    # announced and its excess arrives after the response ended, when the connection has
+    # already been handed to the queued second request and its request sent.  The excess is
+    # not a status line, so it cannot be the second response: that connection is dropped and
+    # the (idempotent) second request is sent once more on a new connection.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    reactor = Reactor()
+    try:
+        c = HTTPClient(reactor, timeout=5, max_per_host=1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        first, second = c.get(url + "/1"), c.get(url + "/2")
+        peer, _ = listener.accept()
+        with peer:
+            read_head(reactor, peer)
+            peer.sendall(OK % 2 + b"ok")
+            run_until(reactor, first.done)
+            assert b"GET /2 " in read_head(reactor, peer)        # the connection was reused
+            peer.sendall(b"EVIL excess\r\n\r\n")
+            listener.setblocking(False)
+            fresh = []
+
+            def answered_or_reconnected():
+                try:
+                    fresh.append(listener.accept()[0])
+                except BlockingIOError:
+                    pass
+                return second.done() or fresh
+            run_until(reactor, answered_or_reconnected)
+            if fresh:                                           # retried on a new connection
+                with fresh[0] as peer2:
+                    peer2.settimeout(5)
+                    assert b"GET /2 " in read_head(reactor, peer2)
+                    peer2.sendall(OK % 4 + b"good")
+                    run_until(reactor, second.done)
+        assert first.result().content == b"ok"
+        assert second.result().content == b"good"
+    finally:
+        listener.close()
+        reactor.close()
+
+
 def test_post_on_a_stale_connection_is_not_replayed(raw_server):
     server = raw_server([(OK_REPLY, "keep"), (b"", "close")])
     with Session() as s:

@@ -275,6 +275,23 @@ def test_multipart_boundary_is_not_in_the_content():
     assert raw.count(b"--" + body.boundary.encode()) == 2
 
 
+def test_multipart_boundary_that_collides_is_replaced(monkeypatch):
+    # The first random boundary appears in a part: it is refused and the next one is used.
+    candidates = iter(["a" * 32, "b" * 32, "c" * 32])
+    drawn = []
+
+    def token_hex(nbytes):
+        drawn.append(next(candidates))
+        return drawn[-1]
+    monkeypatch.setattr("protocols.client_body.secrets.token_hex", token_hex)
+    content = b"text\r\n--" + b"a" * 32 + b"--\r\nmore"
+    body, ctype = encode_body(files={"f": ("f.txt", content)}, data={"k": "v"})
+    assert drawn == ["a" * 32, "b" * 32]
+    assert body.boundary == "b" * 32 and ctype == "multipart/form-data; boundary=" + "b" * 32
+    fields, files = parse_multipart(body.to_bytes(), ctype)
+    assert fields == {"k": ["v"]} and files["f"][0].data == content
+
+
 def test_multipart_of_unknown_length_and_rewind():
     class Pipe:                              # readable, not seekable: size unknown
         def __init__(self):

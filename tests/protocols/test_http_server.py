@@ -240,6 +240,43 @@ def test_expect_100_with_too_large_body_gets_413_and_no_100(serve_in_thread):
     assert b"100 Continue" not in answer
 
 
+@pytest.mark.timeout(30)
+def test_413_reaches_a_client_that_is_still_sending_its_body(serve_in_thread):
+    """Issue 3's lingering close at the HTTP level: the client announces 50 MB and keeps sending
+    while the server has already refused it (max_body 100).  It reads the whole 413 and then the
+    FIN; a server that closed with the body unread in its buffer would send a reset instead,
+    which eats the answer (ECONNRESET here) before or while it is read."""
+    addr = serve_in_thread(type("Small", (Echo,), {"limits": {"max_body": 100}}))
+    answered = threading.Event()
+    sent, send_error = [0], []
+
+    def send_body(sock):
+        piece, deadline = b"x" * 65536, time.monotonic() + 10
+        try:
+            while not answered.is_set() and sent[0] < (64 << 20) and time.monotonic() < deadline:
+                sock.sendall(piece)
+                sent[0] += len(piece)
+        except OSError as exc:
+            send_error.append(exc)
+
+    with socket.create_connection(addr, timeout=5) as sock:
+        sock.sendall(request_bytes(b"POST /upload HTTP/1.1", b"Host: x",
+                                   b"Content-Length: 50000000", body=b"x" * 1000))
+        sender = threading.Thread(target=send_body, args=(sock,), daemon=True)
+        sender.start()
+        try:
+            answer = read_to_eof(sock, timeout=10)          # ConnectionResetError fails here
+        finally:
+            answered.set()
+            sender.join(15)
+    [(head, body)] = parse_responses(answer)
+    assert head.status_code == 413 and (b"connection", b"close") in head.headers
+    assert body.startswith(b"413 ")
+    assert sent[0] > 0                                     # the client really was still sending
+    # The sender stops once the answer and the FIN were read; the linger (2 s) outlasts that.
+    assert not send_error, send_error
+
+
 # -- deadlines, on a FakeClock ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -419,6 +456,32 @@ def test_date_and_server_headers(serve_in_thread):
         assert resp.getheader("Server") == "reactor"
         date = email.utils.parsedate_to_datetime(resp.getheader("Date"))
         assert abs(date.timestamp() - time.time()) < 5
+    finally:
+        conn.close()
+
+
+class Streamed(HTTPServerHandler):
+    """Answers through send_head / send_body / end_response (chunked: no Content-Length)."""
+
+    def request_received(self, request, body):
+        self.send_head(200, [(b"content-type", b"text/plain")])
+        self.send_body(b"one ")
+        self.send_body(b"two")
+        self.end_response()
+
+
+def test_date_and_server_headers_on_a_streamed_response(serve_in_thread):
+    host, port = serve_in_thread(Streamed)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        for _ in range(2):                                   # and the connection stays usable
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert resp.read() == b"one two" and resp.getheader("Transfer-Encoding") == "chunked"
+            assert resp.getheader("Server") == "reactor"
+            date = email.utils.parsedate_to_datetime(resp.getheader("Date"))
+            assert abs(date.timestamp() - time.time()) < 5
+            assert len(resp.headers.get_all("Date")) == 1 and len(resp.headers.get_all("Server")) == 1
     finally:
         conn.close()
 

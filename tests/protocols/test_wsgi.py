@@ -8,11 +8,13 @@ bare: the validator would catch them before the server could show what it does.
 """
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from wsgiref.validate import validator
 
@@ -241,6 +243,19 @@ def test_generator_body_is_chunked(serve, threads):
     assert (b"transfer-encoding", b"chunked") in head.headers
     assert not any(name == b"content-length" for name, _ in head.headers)
 
+
+
+@pytest.mark.parametrize("threads", MODES)
+def test_generator_body_has_date_and_server_headers(serve, threads):
+    """The chunked path (send_head, not respond) stamps Date and Server too, once each."""
+    address = serve(chunks_app, threads=threads)
+    [(head, body)] = raw(address, request_bytes(b"GET / HTTP/1.1", b"Host: x"))
+    assert body == b"one two three" and (b"transfer-encoding", b"chunked") in head.headers
+    fields = [(name, value) for name, value in head.headers if name in (b"date", b"server")]
+    assert sorted(name for name, _ in fields) == [b"date", b"server"]
+    date = email.utils.parsedate_to_datetime(dict(fields)[b"date"].decode())
+    assert abs(date.timestamp() - time.time()) < 5
+    assert dict(fields)[b"server"] == serve.handler.server_header
 
 @pytest.mark.parametrize("threads", MODES)
 def test_generator_body_to_http10_is_close_delimited(serve, threads):
