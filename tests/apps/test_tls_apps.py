@@ -1,6 +1,7 @@
 """The stream services over TLS as a user runs them (`--tls-cert/--tls-key`, `--tls-client-ca`):
-stdlib `ssl` clients, `urllib.request` with the test CA, and `openssl s_client` when installed,
-against `apps.echo` (`listening tls://`), `apps.rest` and `apps.wsgi` (`listening https://`).
+stdlib `ssl` clients, `urllib.request` and `xmlrpc.client` with the test CA, and `openssl s_client`
+when installed (raw bytes, a hand-written GET, hand-written XML-RPC POSTs), against `apps.echo`
+(`listening tls://`), `apps.rest`, `apps.wsgi` and `apps.kvstore` (`listening https://`).
 Each service must also survive bad peers and stop with 0 and no traceback."""
 from __future__ import annotations
 
@@ -84,28 +85,79 @@ def test_echo_lines_over_tls(service):
         assert recv_exactly(tls, 8, TIMEOUT) == b"one\ntwo\n"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-def test_echo_with_openssl_s_client(service):
-    _, endpoint = service("echo", *TLS_FLAGS)
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
+                                   reason="openssl is not installed")
+
+
+def s_client(endpoint, sent: bytes, until) -> bytes:
+    """Run `openssl s_client -quiet` (verifying the test CA and the name localhost) against
+    endpoint, write sent to it, and return what it printed once until(output) holds."""
     client = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"{endpoint.host}:{endpoint.port}", "-quiet",
          "-CAfile", str(CERTS / "ca.pem"), "-servername", "localhost",
          "-verify_hostname", "localhost", "-verify_return_error"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        client.stdin.write(b"hello from s_client\n")
+        client.stdin.write(sent)
         client.stdin.flush()
         out, deadline = b"", time.monotonic() + TIMEOUT
-        while b"hello from s_client\n" not in out:
+        while not until(out):
             left = deadline - time.monotonic()
             assert left > 0, f"s_client got {out!r}"
             if select.select([client.stdout], [], [], left)[0]:
                 chunk = os.read(client.stdout.fileno(), 4096)
-                assert chunk, f"s_client ended: {client.stderr.read()!r}"
+                assert chunk, f"s_client ended after {out!r}: {client.stderr.read()!r}"
                 out += chunk
+        return out
     finally:
-        client.kill()                    # the one process this test started
+        client.kill()                    # the one process this call started
         client.communicate(timeout=TIMEOUT)
+
+
+@needs_openssl
+def test_echo_with_openssl_s_client(service):
+    _, endpoint = service("echo", *TLS_FLAGS)
+    s_client(endpoint, b"hello from s_client\n", lambda out: b"hello from s_client\n" in out)
+
+
+def http_response_done(out: bytes) -> bool:
+    """A whole response framed by Content-Length is in out."""
+    head, sep, body = out.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
+              if line.lower().startswith(b"content-length:")]
+    return bool(length) and len(body) >= int(length[0])
+
+
+@needs_openssl
+def test_rest_with_openssl_s_client(service):
+    _, endpoint = service("rest", *TLS_FLAGS)
+    out = s_client(endpoint, b"GET /hello?name=s_client HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                   http_response_done)
+    assert out.startswith(b"HTTP/1.1 200 ") and b"<h1>Hello s_client!</h1>" in out
+
+
+@needs_openssl
+def test_kvstore_with_openssl_s_client(service):
+    import xmlrpc.client
+
+    def call(method: str, *strings: str) -> bytes:
+        params = "".join(f"<param><value><string>{s}</string></value></param>" for s in strings)
+        body = (f'<?xml version="1.0"?><methodCall><methodName>{method}</methodName>'
+                f"<params>{params}</params></methodCall>").encode()
+        return (b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def two_responses(out: bytes) -> bool:
+        first, sep, rest = out.partition(b"</methodResponse>")
+        return bool(sep) and b"</methodResponse>" in rest and http_response_done(rest.lstrip())
+
+    _, endpoint = service("kvstore", *TLS_FLAGS)
+    out = s_client(endpoint, call("set", "door", "open") + call("get", "door"), two_responses)
+    set_reply, get_reply = out.split(b"HTTP/1.1 ")[1:]        # two on one kept-alive connection
+    assert set_reply.startswith(b"200 ") and get_reply.startswith(b"200 ")
+    assert xmlrpc.client.loads(get_reply.split(b"\r\n\r\n", 1)[1])[0] == ("open",)
 
 
 def test_bad_peers_do_not_stop_the_tls_echo(service):

@@ -2,7 +2,7 @@
 where the test must decide how the ciphertext is cut (records per segment, bytes per read).
 
 Every fault of issue 6 is a test here; each in-process test ends by checking that no timer and no
-handler is left behind (`assert_clean`)."""
+handler is left behind (`assert_clean`; `assert_served_clean` for a reactor thread's listener)."""
 from __future__ import annotations
 
 import hashlib
@@ -210,6 +210,14 @@ def serve(rt, factory=Echo, ctx: ssl.SSLContext | None = None, **options):
     return listener.address, made
 
 
+def assert_served_clean(rt, made: list, timeout: float = 5.0) -> None:
+    """assert_clean for serve(): once every handler made has had its connection_lost, only the
+    listener is left on the reactor thread, and no timer."""
+    rt.wait_for(lambda: made and all(h.lost for h in made), timeout)
+    stats = rt.call(rt.reactor.stats)
+    assert (stats["handlers"], stats["timers"]) == (1, 0), stats
+
+
 def tls_connect(address, ctx: ssl.SSLContext | None = None, hostname: str = "localhost",
                 timeout: float = 5.0) -> ssl.SSLSocket:
     raw = socket.create_connection(address, timeout=timeout)
@@ -247,6 +255,7 @@ def test_stdlib_client_over_tls12(rt):
         assert recv_exactly(tls, 6) == b"twelve"
         tls.unwrap().close()
     rt.wait_for(lambda: made[0].lost == [None])
+    assert_served_clean(rt, made)
 
 
 def test_alpn_negotiated_and_sni_callback_chooses_the_context(rt):
@@ -270,6 +279,7 @@ def test_alpn_negotiated_and_sni_callback_chooses_the_context(rt):
     assert made[0].alpn == "http/1.1"
     with pytest.raises(ssl.SSLCertVerificationError):   # without SNI the untrusted default serves
         tls_connect(address, hostname="127.0.0.1").close()
+    assert_served_clean(rt, made)
 
 
 def test_client_certificate_required_and_given(rt):
@@ -280,6 +290,7 @@ def test_client_certificate_required_and_given(rt):
     rt.wait_for(lambda: made[0].lost)
     subject = dict(field[0] for field in made[0].peer_cert["subject"])
     assert subject["commonName"] == "Reactor Test Client"
+    assert_served_clean(rt, made)
 
 
 @pytest.mark.parametrize("certificate", [None, "other-client"], ids=["missing", "untrusted"])
@@ -296,6 +307,7 @@ def test_client_certificate_missing_or_untrusted_is_refused(rt, certificate):
     h = made[0]
     assert isinstance(h.lost[0], ssl.SSLError) and h.data == b""
     assert "handshake" not in h.events
+    assert_served_clean(rt, made)
 
 
 def test_client_verifying_the_wrong_hostname_fails_and_the_server_cleans_up(rt):
@@ -325,7 +337,7 @@ def test_garbage_instead_of_a_client_hello(rt, garbage):
     with tls_connect(address) as tls:    # the server goes on serving
         tls.sendall(b"still here")
         assert recv_exactly(tls, 10) == b"still here"
-    assert rt.call(lambda: rt.reactor.stats()["timers"]) == 0
+    assert_served_clean(rt, made)
 
 
 def test_silent_client_is_reset_at_the_handshake_deadline_while_others_are_served(rt):
@@ -344,8 +356,7 @@ def test_silent_client_is_reset_at_the_handshake_deadline_while_others_are_serve
     assert 0.4 < elapsed < 5
     rt.wait_for(lambda: made[0].lost)
     assert isinstance(made[0].lost[0], TimeoutError) and made[0].events == ["made", "lost"]
-    rt.wait_for(lambda: all(h.lost for h in made))
-    assert rt.call(lambda: rt.reactor.stats()["timers"]) == 0
+    assert_served_clean(rt, made)
 
 
 def test_ten_megabytes_written_before_the_handshake_arrive_whole(rt):
@@ -367,6 +378,7 @@ def test_ten_megabytes_written_before_the_handshake_arrive_whole(rt):
     assert len(got) == len(payload) and hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     rt.wait_for(lambda: made[0].lost)
     assert made[0].lost == [None]
+    assert_served_clean(rt, made)
 
 
 def test_ten_megabytes_echoed_through_flow_control(rt):
@@ -377,6 +389,7 @@ def test_ten_megabytes_echoed_through_flow_control(rt):
     assert len(got) == len(payload) and got == payload
     rt.wait_for(lambda: made[0].lost)
     assert made[0].data == payload
+    assert_served_clean(rt, made)
 
 
 def exchange(tls: ssl.SSLSocket, payload: bytes, timeout: float = 30.0) -> bytes:
