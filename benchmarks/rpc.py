@@ -271,10 +271,6 @@ def main(argv=None) -> int:
         cases = [c for c in cases if any(fnmatch.fnmatch(c, p) for p in patterns)]
         if not cases:
             raise SystemExit(f"--cases {args.cases!r} matches no case")
-    notes = []
-    if any(CASES[c][0] == "xmlrpc" for c in cases) and not (_harness.REPO_ROOT / "apps" / "kvstore.py").exists():
-        notes.append("xmlrpc skipped: apps/kvstore.py does not exist yet")
-        cases = [c for c in cases if CASES[c][0] != "xmlrpc"]
     server_cpu, client_cpu, pinning = _harness.plan_cpus()
     _harness.pin_self(client_cpu)
     nofile = _harness.raise_nofile(1024)
@@ -291,8 +287,6 @@ def main(argv=None) -> int:
         if not args.json:
             print(f"RPC and messaging over 127.0.0.1; {pinning}; clients: the standard library's "
                   f"({THREADS_PER_WORKER} threads per worker process)")
-            for note in notes:
-                print(f"  {note}")
             for kind in kinds:
                 for server in servers[kind]:
                     print(f"  {server.name + ':':<14} {' '.join(['python'] + server.argv[1:])}")
@@ -329,9 +323,6 @@ def main(argv=None) -> int:
                   f"{busy:>17}{f' !{disturbed}/{2 * rounds}' if disturbed else ''}", flush=True)
         if not args.json and worst > _load.DISTURBED:
             print(_load.disturbance_note(args.retries, worst))
-        if args.json and notes:
-            for note in notes:
-                print(json.dumps({"benchmark": "rpc", "note": note}), flush=True)
     return 0
 
 

@@ -225,6 +225,28 @@ def test_key_from_environment(monkeypatch):
             assert conn.recv() == "env"
 
 
+def test_non_ascii_key_is_its_utf8_bytes():
+    """--authkey clé is b'cl\\xc3\\xa9': not its Latin-1 bytes, nor the key with the accent lost."""
+    with _proc.running("mpecho", "--authkey", "clé") as (proc, endpoints):
+        address = endpoints[0].address
+        with Client(address, authkey="clé".encode()) as conn:
+            conn.send({"clé": "valeur"})
+            assert conn.recv() == {"clé": "valeur"}
+        for other in ["cle".encode(), "clé".encode("latin-1")]:
+            with pytest.raises(AuthenticationError):
+                Client(address, authkey=other)
+
+
+def test_a_key_that_is_not_utf8_is_the_bytes_typed():
+    """A Latin-1 terminal's `--authkey clé` reaches argv as b'cl\\xe9': that key, no traceback."""
+    typed = b"cl\xe9"
+    with _proc.running("mpecho", "--authkey", os.fsdecode(typed)) as (proc, endpoints):
+        with Client(endpoints[0].address, authkey=typed) as conn:
+            conn.send("ok")
+            assert conn.recv() == "ok"
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr_text
+
+
 def test_generated_key_printed_once_before_listening(monkeypatch):
     monkeypatch.delenv("REACTOR_AUTHKEY", raising=False)
     proc, keys, lines, address = start_printing_key("mpecho")

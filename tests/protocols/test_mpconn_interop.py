@@ -17,8 +17,9 @@ from multiprocessing.connection import Client, Listener
 
 import pytest
 
-from protocols.mpconn import MPClientHandler, MPConnectionHandler
+from protocols.mpconn import CHALLENGE, MPClientHandler, MPConnectionHandler
 from reactor import connect_tcp
+from tests.protocols.test_mpconn import DATA, load_transcript
 
 KEY = b"interop-key"
 VERSIONS = ("3.11", "3.12", "3.13")
@@ -230,18 +231,24 @@ OUR_CLIENT = textwrap.dedent("""
     from protocols.mpconn import MPClientHandler
     from reactor import Reactor, connect_tcp
     from reactor.testing import run_until
-    got = []
+    got, lost = [], []
     class C(MPClientHandler):
         authkey = sys.argv[2].encode()
+        auth_timeout = 5.0
         def authenticated(self):
             self.send({'from': sys.version_info[:2]})
         def message_received(self, obj):
             got.append(obj)
             self.close()
+        def connection_lost(self, exc):
+            lost.append(exc)
     r = Reactor()
-    connect_tcp(r, '127.0.0.1', int(sys.argv[1]), C)
-    run_until(r, lambda: got, timeout=10)
-    print('ok', got[0])
+    connector = connect_tcp(r, '127.0.0.1', int(sys.argv[1]), C)
+    run_until(r, lambda: lost, timeout=10)
+    if got:
+        print('ok', got[0])
+    else:
+        print('refused', 'authenticated' if connector.handler.is_authenticated else 'not authenticated')
 """)
 
 
@@ -262,22 +269,54 @@ def test_our_server_under_that_interpreter(python):
     assert proc.returncode == 0
 
 
-def test_our_client_under_that_interpreter():
-    """Our reactor client run by each interpreter against this interpreter's stdlib Listener."""
-    pythons = [p for p in map(interpreter, VERSIONS) if p]
-    for python in pythons:
-        listener = Listener(("127.0.0.1", 0), authkey=KEY)
-        proc = subprocess.Popen([python, "-c", OUR_CLIENT, str(listener.address[1]), KEY.decode()],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+@pytest.mark.parametrize("key", [KEY, b"wrong"])
+def test_our_client_under_that_interpreter(python, key):
+    """Our reactor client run by that interpreter against this interpreter's stdlib Listener;
+    with another key the Listener refuses it and our client is closed unauthenticated."""
+    listener = Listener(("127.0.0.1", 0), authkey=KEY)
+    proc = subprocess.Popen([python, "-c", OUR_CLIENT, str(listener.address[1]), key.decode()],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if key == KEY:
             conn = listener.accept()
             obj = conn.recv()
             conn.send(("back", obj))
-            out, err = proc.communicate(timeout=20)
-            assert proc.returncode == 0, err
-            assert out.startswith("ok ('back'"), out
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            listener.close()
+            conn.close()
+        else:
+            with pytest.raises(StdAuthenticationError):
+                listener.accept()
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        if key == KEY:
+            version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"],
+                                     capture_output=True, text=True, timeout=20).stdout.strip()
+            assert out.strip() == "ok ('back', {'from': %s})" % version, out
+        else:
+            assert out.strip() == "refused not authenticated", out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+
+
+# -- the recorded transcripts that stand in for these interpreters elsewhere -------------------------
+
+@pytest.mark.parametrize("client", VERSIONS)
+@pytest.mark.parametrize("server", VERSIONS)
+def test_a_recorded_transcript_for_every_pairing(server, client):
+    """test_mpconn.py replays every tests/data/mpconn_py*_py*.txt it finds, so a missing one
+    would pass unnoticed there: all nine pairings must exist (tests/data/mpconn_record.py makes
+    them), recorded by those interpreters, each side challenging in its version's form."""
+    path = DATA / f"mpconn_py{server.replace('.', '')}_py{client.replace('.', '')}.txt"
+    assert path.exists(), f"record it: python {DATA / 'mpconn_record.py'} SERVER CLIENT {path}"
+    assert f"# server: Python {server}." in path.read_text()
+    assert f" Listener; client: Python {client}." in path.read_text()
+    key, frames = load_transcript(path)
+    challenges = {tag: data[4:] for tag, data in reversed(frames) if data[4:].startswith(CHALLENGE)}
+    for tag, version in (("S", server), ("C", client)):
+        if version == "3.11":
+            assert len(challenges[tag]) == len(CHALLENGE) + 20, tag          # raw 20 bytes, MD5
+        else:
+            assert challenges[tag].startswith(CHALLENGE + b"{sha256}"), tag
+    assert frames[-2:] == [("C", frames[-1][1]), ("S", frames[-1][1])]        # 'ping' echoed
