@@ -75,7 +75,9 @@ def resolve_authkey(args: argparse.Namespace) -> bytes:
         return key
     text = args.authkey if args.authkey is not None else os.environ.get(AUTHKEY_ENV)
     if text:
-        key = text.encode("utf-8")
+        # The bytes the user typed: UTF-8 for any UTF-8 text, and for bytes that are not UTF-8
+        # (argv and environ carry them as surrogate escapes) those bytes, not a traceback.
+        key = os.fsencode(text)
     else:
         key = secrets.token_bytes(32)
         print(f"authkey {key.hex()}", flush=True)

@@ -1,7 +1,8 @@
 """Every service on one reactor: the README's main command.
 
     python -m apps.serve [--port 0] [--host H] [--only NAMES | --skip NAMES] [--authkey KEY]
-                         [--data PATH] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                         [--data PATH] [--allow CIDR] [--deny CIDR] [--max-connections N]
+                         [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
 
 One process, one thread, one loop, and on it:
 
@@ -15,9 +16,11 @@ One process, one thread, one loop, and on it:
 
 `--port 0` puts every endpoint on a free port.  Each prints its `listening` line; mpecho and rpc
 share one key (--authkey, $REACTOR_AUTHKEY, or generated and printed once as `authkey <hex>`).
-With --tls-cert every stream service speaks TLS (tls://, https://).  SIGINT/SIGTERM stop all of
-them gracefully.  Each service is the same code its own `python -m apps.<name>` runs (its
-mount()), so a flag that module lacks here is one to run it alone for (--workers, --threads).
+With --tls-cert every stream service speaks TLS (tls://, https://); --allow, --deny and
+--max-connections apply to every stream service (UDP has no connections to refuse), the limit
+to each service's own connections.  SIGINT/SIGTERM stop all of them gracefully.  Each service
+is the same code its own `python -m apps.<name>` runs (its mount()), so a flag that module
+lacks here is one to run it alone for (--workers, --threads).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from . import _cli, _tls, arrays, echo, kvstore, mpecho, rest, rpc, udp
 SERVICES = {"echo": echo, "udp": udp, "rest": rest, "kvstore": kvstore, "mpecho": mpecho,
             "rpc": rpc, "arrays": arrays}
 AUTHENTICATED = ("mpecho", "rpc")
+STREAM = ("echo", "rest", "kvstore", "mpecho", "rpc", "arrays")     # they take --allow/--deny
 
 
 def build_parser():
@@ -39,6 +43,7 @@ def build_parser():
     p.add_argument("--skip", metavar="NAMES", help="comma-separated services to leave out")
     p.add_argument("--data", metavar="PATH", help="kvstore journal: keep its data across restarts")
     _cli.add_authkey_flags(p)
+    _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
     return p
 
@@ -63,6 +68,11 @@ def service_args(name: str, args) -> list[str]:
         argv += ["--data", args.data]
     if name in AUTHENTICATED:
         argv += ["--auth-timeout", str(args.auth_timeout)]
+    if name in STREAM:
+        for flag, networks in (("--allow", args.allow), ("--deny", args.deny)):
+            argv += [f"{flag}={network}" for network in networks]
+        if args.max_connections is not None:
+            argv += ["--max-connections", str(args.max_connections)]
     return argv
 
 

@@ -37,7 +37,7 @@ def load_app(spec: str):
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = _cli.parser("Serve a WSGI application on the reactor", DEFAULT_PORT)
     p.add_argument("app", help="the application, as package.module:app")
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -45,6 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     _cli.add_cidr_flags(p)
     _tls.add_tls_flags(p)
     _workers.add_worker_flags(p)
+    return p
+
+
+def mount(reactor: Reactor, args, ctx=None, app=None) -> _cli.Mounted:
+    """Put the app's listener on reactor (main(), or a serve of your own); app: the loaded
+    WSGI callable, else load_app(args.app)."""
+    app = load_app(args.app) if app is None else app
+    scheme = _tls.scheme("http", ctx)
+    listener = listen_tcp(reactor, args.host, args.port,
+                          wsgi_factory(app, threads=args.threads, url_scheme=scheme),
+                          ssl_context=ctx, reuse_port=args.reuse_port,
+                          max_connections=args.max_connections, allow=args.allow, deny=args.deny)
+    return _cli.Mounted([listener], [(scheme, listener.address, "wsgi")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     ctx = _tls.context_or_exit(p, args, alpn=["http/1.1"])
     _cli.setup_logging(args.log_level)
@@ -59,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             args, lambda: wsgi_factory(app, threads=args.threads, url_scheme=scheme),
             scheme, "wsgi", ssl_context=ctx)
     reactor = Reactor()
-    scheme = _tls.scheme("http", ctx)
-    factory = wsgi_factory(app, threads=args.threads, url_scheme=scheme)
-    listener = listen_tcp(reactor, args.host, args.port, factory, ssl_context=ctx,
-                          reuse_port=args.reuse_port, max_connections=args.max_connections,
-                          allow=args.allow, deny=args.deny)
-    return _cli.serve(reactor, [listener], args.grace, [(scheme, listener.address, "wsgi")])
+    return _cli.run(reactor, mount(reactor, args, ctx, app), args.grace)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import time
+import urllib.request
 
 import pytest
 
@@ -196,6 +197,71 @@ def test_allow_other_network_refuses_loopback(echo):
 def test_allow_own_network_serves(echo):
     _, address = echo("--allow", "127.0.0.1/32", "--deny", "10.0.0.0/8")
     assert _proc.echo_roundtrip(address, b"ping") == b"ping"
+
+
+def dual_stack() -> bool:
+    """Whether this machine binds "::" and, by default, takes IPv4 peers on it as ::ffff:a.b.c.d
+    (net.ipv6.bindv6only off), and reaches ::1."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::", 0))
+            if probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+                return False
+            probe.listen(1)
+            port = probe.getsockname()[1]
+            for host in ("127.0.0.1", "::1"):
+                with socket.create_connection((host, port), timeout=2):
+                    pass
+    except OSError:
+        return False
+    return True
+
+
+needs_dual_stack = pytest.mark.skipif(not dual_stack(), reason="no dual-stack IPv6 here")
+
+
+@needs_dual_stack
+def test_mapped_ipv4_peer_is_judged_by_ipv4_rules_on_a_dual_stack_listener(echo):
+    """On --host :: an IPv4 client arrives as ::ffff:127.0.0.1; 127.0.0.0/8 rules apply to it,
+    and not to ::1 (the contrast shows the rule, not the socket, decides)."""
+    proc, (host, port) = echo("--host", "::", "--deny", "127.0.0.0/8")
+    assert host == "::"
+    assert refused(("127.0.0.1", port))
+    assert _proc.echo_roundtrip(("::1", port), b"ping") == b"ping"
+    assert _proc.stop(proc) == 0
+    assert "refused connection from ('::ffff:127.0.0.1'" in proc.stderr_text   # how it came in
+    assert proc.stdout_lines == [f"listening tcp://[::]:{port} echo"]
+
+    _, (_, port) = echo("--host", "::", "--allow", "127.0.0.1/32")
+    assert _proc.echo_roundtrip(("127.0.0.1", port), b"ping") == b"ping"
+    assert refused(("::1", port))
+
+
+STREAM_ENDPOINTS = {("tcp", "echo"), ("http", "rest"), ("http", "kvstore"), ("tcp", "mpecho"),
+                    ("tcp", "rpc"), ("tcp", "arrays")}
+
+
+def test_serve_passes_deny_to_every_stream_service():
+    with _proc.running("serve", "--deny", "127.0.0.0/8", count=8) as (proc, endpoints):
+        found = {(e.scheme, e.service): e.address for e in endpoints}
+        assert STREAM_ENDPOINTS <= set(found)
+        for key in sorted(STREAM_ENDPOINTS):
+            assert refused(found[key]), f"{key} served a denied peer"
+        assert udp_ask(found[("udp", "echo")], b"udp has no rules") == b"udp has no rules"
+    assert proc.returncode == 0
+
+
+def test_serve_allow_own_network_serves():
+    with _proc.running("serve", "--allow", "127.0.0.1/32", "--max-connections", "50",
+                       "--only", "echo,rest", count=2) as (proc, endpoints):
+        found = {e.service: e.address for e in endpoints}
+        assert _proc.echo_roundtrip(found["echo"], b"ping") == b"ping"
+        host, port = found["rest"]
+        with urllib.request.urlopen(f"http://{host}:{port}/hello?name=cidr", timeout=5) as resp:
+            assert resp.status == 200 and "Hello cidr!" in resp.read().decode()
+    assert proc.returncode == 0
 
 
 # -- closes, resets, vanished peers -------------------------------------------------------------

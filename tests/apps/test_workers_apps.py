@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from protocols import rpc
+
 from . import _proc
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
@@ -112,6 +114,40 @@ def test_rest_workers_answer_urllib(mode):
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("mode", [(), ("--reuse-port",)], ids=["handoff", "reuse-port"])
+def test_rpc_workers_share_one_generated_key(mode):
+    """apps.rpc resolves its key before forking: one `authkey` line, and a client holding that
+    key is served by whichever worker gets its connection."""
+    with app("rpc", "--workers", "2", *mode) as (proc, endpoint):
+        assert (endpoint.scheme, endpoint.service) == ("tcp", "rpc")
+        workers = workers_of(proc)
+        assert proc.authkey is not None
+        assert rpc.connect(endpoint.address, proc.authkey, timeout=5).add(0, 0) == 0   # warm up
+        wait_for(lambda: _settled(workers), what="descriptor counts settling")
+        before = {pid: fd_count(pid) for pid in workers}
+        proxies = [rpc.connect(endpoint.address, proc.authkey, timeout=5) for _ in range(16)]
+        try:
+            for proxy in proxies:
+                assert proxy.add(2, 3) == 5
+            held = {pid: fd_count(pid) - before[pid] for pid in workers}
+            assert all(n > 0 for n in held.values()), f"connections per worker: {held}"
+            for proxy in proxies:                  # all still answering, in another order
+                assert proxy.sub(2, 3) == -1
+        finally:
+            for proxy in proxies:
+                proxy.close()
+        stranger = rpc.connect(endpoint.address, b"not the key", timeout=5)
+        try:
+            with pytest.raises(ConnectionError):         # closed after the failed challenge
+                stranger.add(2, 3)
+        finally:
+            stranger.close()
+        assert _proc.stop(proc) == 0
+    lines = proc.stdout_lines + proc.stdout_rest.splitlines()
+    assert lines == [f"authkey {proc.authkey.hex()}",
+                     f"listening tcp://127.0.0.1:{endpoint.port} rpc"]
+
+
 def test_reuse_port_alone_lets_two_servers_share_a_port():
     with app("echo", "--reuse-port") as (first, endpoint):
         second, [again] = _proc.start("echo", "--reuse-port", port=str(endpoint.port))
@@ -177,6 +213,77 @@ def test_killed_worker_is_replaced_while_clients_are_served(mode):
         # (it may still be starting: retry until it takes its share).
         wait_for(lambda: serves(fresh, endpoint.address), what=f"new worker {fresh} serving")
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("mode", [(), ("--reuse-port",)], ids=["handoff", "reuse-port"])
+def test_connections_held_across_a_worker_kill(mode):
+    """Connections opened before a SIGKILL: those the dead worker held end (EOF or reset), and
+    every one the surviving worker holds keeps echoing, without a reset, before and after the
+    replacement starts.  Which worker holds which is read from /proc: the server-side socket's
+    inode (/proc/net/tcp) among each worker's descriptors."""
+    with app("echo", "--workers", "2", *mode) as (proc, endpoint):
+        first = workers_of(proc)
+        held: dict[int, list[socket.socket]] = {pid: [] for pid in first}
+        try:
+            while min(len(socks) for socks in held.values()) < 3:      # both workers hold some
+                spread = {pid: len(socks) for pid, socks in held.items()}
+                assert sum(spread.values()) < 64, f"connections per worker: {spread}"
+                sock = socket.create_connection(endpoint.address, timeout=5)
+                sock.sendall(b"hello")
+                assert _proc.recv_n(sock, 5) == b"hello"
+                pid = wait_for(lambda: owner(sock, first), what="the worker holding it")
+                held[pid].append(sock)
+            victim, survivor = first
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: exited(victim), what=f"worker {victim} dying")
+            for sock in held[victim]:
+                assert ended(sock), "a connection of the killed worker was left open"
+            assert echo_each(held[survivor], b"during")
+            kids = wait_for(lambda: (kids := children(proc.pid)) and victim not in kids
+                            and len(kids) == 2 and kids, what="a replacement worker")
+            assert survivor in kids
+            for _ in range(10):                   # new connections are served
+                assert roundtrip(endpoint.address) == 0
+            [fresh] = set(kids) - {survivor}
+            wait_for(lambda: serves(fresh, endpoint.address), what=f"new worker {fresh} serving")
+            for i in range(3):                    # and the held ones still echo, none reset
+                assert echo_each(held[survivor], b"after %d" % i)
+        finally:
+            for socks in held.values():
+                for sock in socks:
+                    sock.close()
+    assert proc.returncode == 0
+
+
+def owner(sock: socket.socket, pids: list[int]) -> int | None:
+    """The PID among pids holding the server side of this loopback connection."""
+    me, server = sock.getsockname()[1], sock.getpeername()[1]
+    local, remote = f"0100007F:{server:04X}", f"0100007F:{me:04X}"
+    with open("/proc/net/tcp") as f:
+        inodes = {fields[9] for fields in map(str.split, f) if fields[1:3] == [local, remote]}
+    links = {f"socket:[{inode}]" for inode in inodes}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):         # a descriptor closed meanwhile
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                    return pid
+    return None
+
+
+def ended(sock: socket.socket) -> bool:
+    """Whether the server side is gone: EOF or a reset (on the send or the read)."""
+    try:
+        sock.sendall(b"x")
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def echo_each(socks: list[socket.socket], payload: bytes) -> bool:
+    """Send on every socket first, then read each answer back (a reset raises)."""
+    for sock in socks:
+        sock.sendall(payload)
+    return all(_proc.recv_n(sock, len(payload)) == payload for sock in socks)
 
 
 def serves(pid: int, address) -> bool:
