@@ -157,8 +157,11 @@ class HTTPServerHandler(StreamHandler):
             if request is not None:
                 self._answer(request)
                 return
+            receive = self.conn.receive_general      # receive_simple said no: not again
+        else:
+            receive = self.conn.receive_data
         try:
-            events = self.conn.receive_data(data)
+            events = receive(data)
         except RemoteProtocolError as exc:
             self._protocol_error(exc)
             return

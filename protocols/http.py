@@ -566,6 +566,9 @@ class ServerConnection(_Connection):
             return [request, EndOfMessage([])]
         return super().receive_data(data)
 
+    # For a caller that has just tried receive_simple(data) itself: the general parser alone.
+    receive_general = _Connection.receive_data
+
     def _head_received(self, first: bytes, headers: Headers, special: dict, events: list) -> None:
         if len(first) > self.max_request_line:
             raise RemoteProtocolError("request line too long", 414)
