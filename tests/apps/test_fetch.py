@@ -2,6 +2,8 @@
 listener that never answers, nothing at all, and a stdlib HTTPS server with the test CA."""
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import socket
 import subprocess
@@ -57,6 +59,31 @@ def test_bodies_form_json_and_files(base, tmp_path):
     assert out["files"] == {"file": "a,b\n1,2\n"} and out["form"] == {"note": "hi"}
     assert out["headers"]["Content-Type"].startswith("multipart/form-data; boundary=")
     assert json.loads(fetch("-X", "DELETE", base + "/delete").stdout)["url"] == base + "/delete"
+
+
+
+def test_form_file_type_reaches_the_server(tmp_path):
+    """-F name=@path;type=T: the file's part carries Content-Type T (not one guessed from the
+    name) and the file's own name; read by the stdlib's MIME parser off what a stdlib server got."""
+    from tests.protocols.test_client import stdlib_server
+    (tmp_path / "data.txt").write_bytes(b"a,b\n1,2\n")               # .txt: a guess says text/plain
+    with stdlib_server() as server:
+        done = fetch("-F", f"file=@{tmp_path / 'data.txt'};type=text/csv", "-F", "note=hi",
+                     server.url + "/echo")
+        assert done.returncode == 0, done.stderr
+        method, _, headers, body = server.last()
+    assert method == "POST"
+    [ctype] = headers["content-type"]
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+    assert message.get_content_type() == "multipart/form-data" and not message.defects
+    parts = {part.get_param("name", header="content-disposition"): part
+             for part in message.iter_parts()}
+    assert parts.keys() == {"file", "note"}
+    assert parts["file"].get_content_type() == "text/csv"
+    assert parts["file"].get_filename() == "data.txt"
+    assert parts["file"].get_payload(decode=True) == b"a,b\n1,2\n"
+    assert parts["note"].get_payload(decode=True) == b"hi"
 
 
 def test_auth_redirects_output_file_and_fail(base, tmp_path):

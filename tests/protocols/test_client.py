@@ -295,6 +295,24 @@ def test_methods_send_their_bodies(rest, session, method):
     assert session.client.connections == 1                # every call on one kept-alive connection
 
 
+
+def test_module_level_put_patch_delete(stdlib):
+    """client.put/patch/delete, each on a fresh Session: the method and the body the stdlib
+    server read (bytes as given, a dict form-encoded)."""
+    url = stdlib.url + "/echo"
+    calls = [(client.put, {"data": b"\x00put body"}, "PUT", b"\x00put body"),
+             (client.patch, {"data": {"k": "v w", "n": ["1", "2"]}}, "PATCH", b"k=v+w&n=1&n=2"),
+             (client.delete, {"data": b"gone"}, "DELETE", b"gone")]
+    for call, kwargs, method, body in calls:
+        r = call(url, timeout=(TIMEOUT, TIMEOUT), **kwargs)
+        assert r.status_code == 200 and r.request.method == method
+        assert r.json()["method"] == method and r.json()["body"] == body.decode("latin-1")
+        seen_method, path, headers, seen_body = stdlib.last()
+        assert (seen_method, path, seen_body) == (method, "/echo", body)
+        assert headers["content-length"] == [str(len(body))]
+    assert stdlib.connections == 3                            # one Session each
+
+
 def test_head_204_and_304_have_no_body(rest, session):
     get = session.get(rest + "/get")
     head = session.head(rest + "/get")

@@ -4,6 +4,7 @@ never answer, refuse, or close a kept-alive connection as it is reused."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -139,11 +140,57 @@ def test_read_timeout_when_the_server_accepts_and_never_answers(raw_server):
     assert 0.25 < time.monotonic() - start < 3
 
 
-def test_read_timeout_counts_from_the_last_byte(raw_server):
-    # The head arrives at once, then nothing: the timeout still fires, for the body this time.
-    server = raw_server([(OK % 10 + b"part", "hang")])
-    with pytest.raises(ReadTimeout):
-        client.get(server.url + "/", timeout=(5, 0.3))
+def trickle_server(head: bytes, pieces: int, every: float, stop: threading.Event):
+    """A listener that answers one request with head, then one body byte every `every` s,
+    `pieces` times, then nothing more; -> (url, thread, the monotonic time before each byte)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent: list[float] = []
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            got = b""
+            while b"\r\n\r\n" not in got and (data := conn.recv(65536)):
+                got += data
+            try:
+                conn.sendall(head)
+                for _ in range(pieces):
+                    if stop.wait(every):                       # paced, not waiting for anything
+                        return
+                    sent.append(time.monotonic())              # taken before the byte can arrive
+                    conn.sendall(b"x")
+            except OSError:                                    # the client gave up early
+                return
+            stop.wait(15)                                      # then silence until the test ends
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread, sent
+
+
+@pytest.mark.timeout(30)
+def test_read_timeout_counts_from_the_last_byte():
+    """The head at once, then a byte every 0.2 s for 1.6 s (longer than the 1 s timeout), then
+    nothing: no byte is ever late, so the timeout fires only 1 s after the last one.  A timer
+    counted from the request (or from the head) would fire while the bytes still flowed."""
+    read, every, pieces = 1.0, 0.2, 8
+    stop = threading.Event()
+    url, thread, sent = trickle_server(OK % 100, pieces, every, stop)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ReadTimeout, match="within 1 s"):
+            client.get(url + "/", timeout=(5, read))
+        end = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(5)
+    assert len(sent) == pieces                                 # every byte went out in time ...
+    assert end - start >= pieces * every + read - 0.01         # ... so it outlived one timeout
+    assert end - sent[-1] >= read - 0.01                       # a full timeout after the last byte
+    assert end - sent[-1] < read + 3                           # and not much later
 
 
 def test_connection_refused_is_a_clear_error():

@@ -229,6 +229,38 @@ def test_refused_over_a_socket(serve_in_thread, wire, status, where, eof, limits
         assert read_responses(sock, 1) == [(200, b"GET /still ")]
 
 
+
+# One of each kind: refused at the head, in the body, at EOF, at a limit, behind a good request.
+SOME_OF_THE_CORPUS = [param for param in corpus_params() if param.id in (
+    "cl-and-te", "chunk-size-0x", "eof-in-body", "body-too-large-chunked", "pipelined-then-cl-te")]
+
+
+@pytest.mark.parametrize("wire, status, where, eof, limits", SOME_OF_THE_CORPUS)
+def test_refused_leaves_a_connection_opened_before_it_serving(serve_in_thread, rt, wire, status,
+                                                               where, eof, limits):
+    """A kept-alive connection, answered once before the bad request arrives on another, is
+    answered again after that one was refused and closed: the refusal touched only its own."""
+    handler = type("Limited", (Echo,), {"limits": limits})
+    addr = serve_in_thread(handler)
+    listener = serve_in_thread.listener
+    with socket.create_connection(addr, timeout=5) as good:
+        good.sendall(request_bytes(b"GET /before HTTP/1.1", b"Host: x"))
+        assert read_responses(good, 1) == [(200, b"GET /before ")]
+        [good_handler] = rt.call(lambda: list(listener.connections))
+        with socket.create_connection(addr, timeout=5) as bad:
+            rt.wait_for(lambda: len(listener.connections) == 2)
+            [bad_handler] = rt.call(lambda: list(listener.connections - {good_handler}))
+            bad.sendall(wire)
+            if eof:
+                bad.shutdown(socket.SHUT_WR)
+            answer = read_to_eof(bad)
+        assert parse_responses(answer)[-1][0].status_code == status
+        rt.wait_for(lambda: bad_handler not in listener.connections)   # gone, server-side too
+        good.sendall(request_bytes(b"POST /after HTTP/1.1", b"Host: x", b"Content-Length: 5",
+                                   body=b"hello"))
+        assert read_responses(good, 1) == [(200, b"POST /after hello")]
+
+
 def test_expect_100_with_too_large_body_gets_413_and_no_100(serve_in_thread):
     """B18: the body will not be read, so no 100 Continue is sent: the answer is the 413."""
     addr = serve_in_thread(type("Small", (Echo,), {"limits": {"max_body": 100}}))

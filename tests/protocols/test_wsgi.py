@@ -30,12 +30,15 @@ MODES = [pytest.param(None, id="inline"), pytest.param(4, id="threads")]
 
 @pytest.fixture
 def serve(serve_in_thread):
-    """serve(app, threads=None, validate=True, **options) -> (host, port); the handler class is
+    """serve(app, threads=None, validate=True, wrap=None, **options) -> (host, port); wrap(cls),
+    if given, returns the class to serve instead of the factory's; the handler class is
     serve.handler and the listener serve.listener."""
     pools = []
 
-    def start(app, threads=None, validate=True, **options):
+    def start(app, threads=None, validate=True, wrap=None, **options):
         handler = wsgi_factory(validator(app) if validate else app, threads=threads, **options)
+        if wrap is not None:
+            handler = wrap(handler)
         if handler.executor is not None:
             pools.append(handler.executor)
         start.handler = handler
@@ -506,6 +509,45 @@ def test_threads_many_concurrent_requests(serve):
     for worker in workers:
         worker.join(10)
     assert results == [f"/{i}".encode() for i in range(20)]
+
+
+def test_threads_the_response_is_written_on_the_reactor_thread(serve, rt):
+    """The app runs on a pool thread; every write of its response (head, the write() callable's
+    bytes, each chunk, the last chunk) is made on the reactor thread, and they are the whole
+    response the client read.  The app finishes only after request_received has returned, as a
+    slow app would (a future already done runs its callbacks at once, on the reactor thread)."""
+    ran_on, entered, release = [], threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        ran_on.append(threading.get_ident())
+        entered.set()
+        assert release.wait(5)
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"legacy ")
+        return iter([b"one ", b"two ", b"three"])
+
+    writes = []
+
+    def recording(cls):                    # the factory's class, its write() observed
+        class Recording(cls):
+            def write(self, data):
+                writes.append((threading.get_ident(), bytes(data)))
+                super().write(data)
+        return Recording
+
+    address = serve(app, threads=2, wrap=recording)
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(request_bytes(b"GET / HTTP/1.1", b"Host: x", b"Connection: close"))
+        assert entered.wait(5)
+        reactor_thread = rt.call(threading.get_ident)         # request_received has returned
+        release.set()
+        answer = read_to_eof(sock)
+    [(head, body)] = parse_responses(answer)
+    assert (head.status_code, body) == (200, b"legacy one two three")
+    recorded = rt.call(lambda: list(writes))
+    assert ran_on and ran_on[0] != reactor_thread            # the app ran on a pool thread
+    assert len(recorded) >= 2 and b"".join(data for _, data in recorded) == answer
+    assert {ident for ident, _ in recorded} == {reactor_thread}
 
 
 # -- urllib ---------------------------------------------------------------------------------------------
