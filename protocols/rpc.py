@@ -257,7 +257,7 @@ def check_pickle(data: bytes, expansion: int = PICKLE_EXPANSION) -> None:
                 if len(stack) <= fence:
                     raise _Refused(pos, "MEMOIZE of nothing")
                 memo[len(memo)] = stack[-1]
-            elif kind == _STR:
+            elif kind == _STR or kind == _LONG or kind == _BYTEARRAY:   # a length, then bytes
                 n = int.from_bytes(data[i - size:i], "little")
                 start = i
                 i += n
@@ -265,12 +265,20 @@ def check_pickle(data: bytes, expansion: int = PICKLE_EXPANSION) -> None:
                     raise _Refused(pos, f"a length of {n} runs past the end")
                 if pos < frame_end < i:
                     raise _Refused(pos, crossing)
-                # a str's bytes are kept when they may name a global for STACK_GLOBAL
-                item = (_SHARE | _KEY, 1 + n // 16, data[start:i] if detail and n < 256 else None)
-                append(item)
-                if data[i] == 0x94:                     # MEMOIZE, as pickle.dumps writes it
-                    memo[len(memo)] = item
-                    i += 1
+                if kind == _STR:
+                    # a str's bytes are kept when they may name a global for STACK_GLOBAL
+                    item = (_SHARE | _KEY, 1 + n // 16,
+                            data[start:i] if detail and n < 256 else None)
+                    append(item)
+                    if data[i] == 0x94:                 # MEMOIZE, as pickle.dumps writes it
+                        memo[len(memo)] = item
+                        i += 1
+                elif kind == _BYTEARRAY:
+                    append([0, 1 + n // 16, None])
+                else:
+                    key = n <= 8 and (-_HASH_MODULUS < int.from_bytes(
+                        data[start:i], "little", signed=True) < _HASH_MODULUS)
+                    append((_SHARE | _KEY if key else _SHARE, 1 + n // 16, None))
             elif kind == _SMALL_INT or kind == _LEAF:
                 if pos < frame_end < i:
                     raise _Refused(pos, crossing)
@@ -381,20 +389,6 @@ def check_pickle(data: bytes, expansion: int = PICKLE_EXPANSION) -> None:
                 if weight > limit:
                     raise _Refused(pos, f"a value expands past {limit} units")
                 append((detail, weight, None) if detail & _SHARE else [detail, weight, None])
-            elif kind == _LONG or kind == _BYTEARRAY:
-                n = int.from_bytes(data[i - size:i], "little")
-                start = i
-                i += n
-                if i > end:
-                    raise _Refused(pos, f"a length of {n} runs past the end")
-                if pos < frame_end < i:
-                    raise _Refused(pos, crossing)
-                if kind == _BYTEARRAY:
-                    append([0, 1 + n // 16, None])
-                else:
-                    key = n <= 8 and (-_HASH_MODULUS < int.from_bytes(
-                        data[start:i], "little", signed=True) < _HASH_MODULUS)
-                    append((_SHARE | _KEY if key else _SHARE, 1 + n // 16, None))
             elif kind == _STACK_GLOBAL:
                 if len(stack) - 2 < fence:
                     raise _Refused(pos, "stack underflow")
