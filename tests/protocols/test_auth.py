@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import select
 import socket
 import threading
 import time
@@ -201,9 +202,12 @@ def test_client_authenticate_reads_a_dribbled_challenge():
             conn, _ = server.accept()
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for i in range(32):
+                for i in range(31):
                     conn.sendall(NONCE[i:i + 1])
-                    time.sleep(0.002)
+                    # 2 ms between bytes, so the client sees them a few at a time; an answer
+                    # before the whole challenge went out would be the recipe's bug
+                    assert not select.select([conn], [], [], 0.002)[0]
+                conn.sendall(NONCE[31:])
                 result.append(recv_exactly(conn, 32))
         thread = threading.Thread(target=dribble)
         thread.start()
@@ -252,7 +256,8 @@ def test_silent_clients_time_out_while_others_are_served(serve_in_thread):
                 dribbler.sendall(bytes([byte]))
             except OSError:
                 break
-            time.sleep(0.05)
+            if select.select([dribbler], [], [], 0.05)[0]:
+                break                            # the server closed it: the pace is moot
         for sock in silent + [dribbler]:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
             try:
