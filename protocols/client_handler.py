@@ -167,7 +167,6 @@ class _ClientHandler(StreamHandler):
         try:
             events = self.conn.receive_data(data)
         except RemoteProtocolError as exc:
-            err = InvalidResponse(f"invalid response from {ex.url.host_header}: {exc}", ex.url.url)
             if ex.reused and ex.head is None and self.client._replayable(ex):
                 # No status line where this response should start: on a reused connection that
                 # is the late excess of the previous response (longer than announced), not an
@@ -178,7 +177,8 @@ class _ClientHandler(StreamHandler):
                 self.abort()
                 self.client._retry(ex)
                 return
-            self._abandon(err)
+            self._abandon(InvalidResponse(f"invalid response from {ex.url.host_header}: {exc}",
+                                          ex.url.url))
             return
         for event in events:
             kind = type(event)
